@@ -1,0 +1,3 @@
+from moonhowl.cli import main
+
+raise SystemExit(main())
