@@ -1,0 +1,1 @@
+"""The management API: HTTP over a unix socket, described by openapi.json."""

@@ -1,0 +1,1 @@
+"""GStreamer: the only package that imports Gst."""

@@ -1,0 +1,1 @@
+"""Rendering: EGL display and context, dma-buf import/export, GLES composition."""
