@@ -50,6 +50,10 @@ class Host:
         self._stopped = asyncio.Event()
 
     # --- what the HTTP layer asks ----------------------------------------------------------------
+    def port(self, name: str) -> int:
+        """The port a listener really has (configured as 0 in tests: the kernel chose one)."""
+        return self.ports.get(name) or self.config.port(name)
+
     def current_game(self) -> int:
         return 0
 
@@ -117,7 +121,7 @@ class Host:
 
     async def _serve_tcp(self, app: web.Application, bind: str, name: str,
                          tls: ssl.SSLContext | None) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=http.MAX_LINE)
         await runner.setup()
         self._runners.append(runner)
         port = self.config.port(name)

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_doctor)
     test = sub.add_parser("test", help="run ruff, mypy and the test suite (extra args go to pytest)")
     test.add_argument("--only", choices=["ruff", "mypy", "pytest"], help="run one step")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest, e.g. -m unit")
+    test.add_argument("pytest_args", nargs="*", help="arguments for pytest, e.g. -m unit -x")
     test.set_defaults(func=cmd_test)
 
     from moonhowl.client import cli as client_cli
@@ -210,7 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    passthrough: list[str] = []
+    if argv[:1] == ["test"]:
+        # Everything after `test` (but --only X) goes to pytest verbatim, in order.
+        rest = argv[1:]
+        keep = rest[:2] if rest[:1] == ["--only"] else []
+        passthrough = rest[len(keep):] if "-h" not in rest and "--help" not in rest else []
+        argv = ["test", *keep] if passthrough or not rest else argv
     args = parser.parse_args(argv)
+    if args.command == "test":
+        args.pytest_args = passthrough
     _setup_logging(args.verbose)
     from moonhowl.app import StartupError
     from moonhowl.state import StateError

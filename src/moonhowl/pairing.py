@@ -110,7 +110,7 @@ class PairingService:
         return attempt.server_cert_reply()
 
     def submit_pin(self, pin: str, pairing_id: str | None = None) -> PendingPairing:
-        if len(pin) != 4 or not pin.isdigit():
+        if len(pin) != 4 or not (pin.isascii() and pin.isdigit()):
             raise PinError("a PIN is exactly 4 digits")
         waiting = [p for p in self.pending if not p.pin.done()]
         if pairing_id is not None:

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 # (moonlight-common-c Limelight.h / RtspConnection.c).
 APP_VERSION = "7.1.431.-1"
 GFE_VERSION = "3.23.0.74"
-MAX_QUERY = 64 * 1024  # a client certificate in hex is ~2.5 KB; anything far larger is abuse
+MAX_QUERY = 16 * 1024  # a client certificate in hex is 2.5-4 KB; anything far larger is abuse
+# aiohttp's own limit sits above ours so that oversized requests still get an XML answer.
+MAX_LINE = 128 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,8 +120,8 @@ class GameStreamHttp:
             "appversion": APP_VERSION,
             "GfeVersion": GFE_VERSION,
             "uniqueid": host.state.unique_id,
-            "HttpsPort": config.port("https"),
-            "ExternalPort": config.port("http"),
+            "HttpsPort": host.port("https"),
+            "ExternalPort": host.port("http"),
             "MaxLumaPixelsHEVC": host.max_luma_pixels_hevc(),
             "mac": host.mac_address(),
             "LocalIP": host.advertised_ip(request),

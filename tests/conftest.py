@@ -1,0 +1,70 @@
+"""Shared fixtures: an in-process moonhowl host on free loopback ports, and paired test clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moonhowl import config as config_mod
+from moonhowl.app import Host
+from moonhowl.client.gamestream import GameStreamClient
+from moonhowl.client.identity import ClientIdentity
+from moonhowl.state import HostState
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def host_config(state_dir: Path, **server: Any) -> config_mod.Config:
+    overrides = {"server": {"bind": "127.0.0.1", "http_port": 0, "https_port": 0,
+                            "state_dir": str(state_dir), **server},
+                 "pairing": {"pin_timeout": 10}}
+    return config_mod.parse("", None, overrides)
+
+
+HostFactory = Callable[..., Coroutine[Any, Any, Host]]
+
+
+@pytest.fixture
+async def start_host(tmp_path: Path) -> AsyncIterator[HostFactory]:
+    """Starts hosts (stopped at the end); the state directory defaults to tmp_path/state."""
+    hosts: list[Host] = []
+
+    async def start(state_dir: Path | None = None, **server: Any) -> Host:
+        config = host_config(state_dir or tmp_path / "state", **server)
+        host = Host(config, HostState.open(config.state_dir))
+        await host.start()
+        hosts.append(host)
+        return host
+
+    yield start
+    for host in hosts:
+        await host.stop()
+
+
+def client_for(host: Host, identity: ClientIdentity | None = None,
+               server_cert: bytes | None = None) -> GameStreamClient:
+    return GameStreamClient("127.0.0.1", http_port=host.ports["http"], https_port=host.ports["https"],
+                            identity=identity or ClientIdentity.generate(), server_cert_pem=server_cert)
+
+
+async def enter_pin_when_asked(host: Host, pin: str) -> None:
+    """What a person does: wait until the host shows a pairing waiting, then type the PIN."""
+    for _ in range(200):
+        if any(not p.pin.done() for p in host.pairing.pending):
+            host.pairing.submit_pin(pin)
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no pairing request reached the host")
+
+
+async def pair(host: Host, client: GameStreamClient, pin: str = "1234") -> None:
+    await asyncio.gather(client.pair(pin), enter_pin_when_asked(host, pin))
