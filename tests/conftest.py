@@ -68,3 +68,11 @@ async def enter_pin_when_asked(host: Host, pin: str) -> None:
 
 async def pair(host: Host, client: GameStreamClient, pin: str = "1234") -> None:
     await asyncio.gather(client.pair(pin), enter_pin_when_asked(host, pin))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is marked by its folder (unit / integration / e2e), so `-m unit` selects it."""
+    for item in items:
+        for kind in ("unit", "integration", "e2e"):
+            if f"/tests/{kind}/" in str(item.path):
+                item.add_marker(kind)
