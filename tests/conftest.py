@@ -38,9 +38,9 @@ async def start_host(tmp_path: Path) -> AsyncIterator[HostFactory]:
     """Starts hosts (stopped at the end); the state directory defaults to tmp_path/state."""
     hosts: list[Host] = []
 
-    async def start(state_dir: Path | None = None, **server: Any) -> Host:
+    async def start(state_dir: Path | None = None, encoders: dict | None = None, **server: Any) -> Host:
         config = host_config(state_dir or tmp_path / "state", **server)
-        host = Host(config, HostState.open(config.state_dir))
+        host = Host(config, HostState.open(config.state_dir), encoders=encoders or {})
         await host.start()
         hosts.append(host)
         return host

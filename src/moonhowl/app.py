@@ -17,9 +17,13 @@ from aiohttp import web
 
 from moonhowl import config as config_mod
 from moonhowl.api import server as api_server
+from moonhowl.media.encoders import EncoderSpec
 from moonhowl.net import http
 from moonhowl.pairing import PairingService
-from moonhowl.state import HostState
+from moonhowl.protocol import xml
+from moonhowl.protocol.launch import LaunchRequest
+from moonhowl.session.manager import SessionManager
+from moonhowl.state import HostState, PairedClient
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +43,15 @@ class StartupError(Exception):
 class Host:
     """One moonhowl server: identity, pairing, listeners and (later) sessions."""
 
-    def __init__(self, config: config_mod.Config, state: HostState) -> None:
+    def __init__(self, config: config_mod.Config, state: HostState,
+                 encoders: dict[str, EncoderSpec] | None = None) -> None:
+        """`encoders` (codec -> row) skips the startup probe; tests pass one probed once."""
         self.config = config
         self.state = state
         self.pairing = PairingService(state, float(config.get("pairing", "pin_timeout")))
         self.ports: dict[str, int] = {}
-        self.codecs: tuple[str, ...] = ("h264",)
+        self.encoders = encoders
+        self.sessions = SessionManager(self, encoders or {})
         self._runners: list[web.AppRunner] = []
         self._tls: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
@@ -54,14 +61,21 @@ class Host:
         """The port a listener really has (configured as 0 in tests: the kernel chose one)."""
         return self.ports.get(name) or self.config.port(name)
 
-    def current_game(self) -> int:
-        return 0
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        return tuple(self.sessions.encoders)
+
+    def current_game(self, client: PairedClient | None) -> int:
+        """The app the asking client streams: others see the host as free and launch their own."""
+        session = self.sessions.for_client(client) if client is not None else None
+        return session.app.id if session is not None else 0
 
     def codec_mode_support(self) -> int:
         bits = 0
         for codec in self.codecs:
             bits |= CODEC_BITS[codec]
-        return bits
+        # moonlight-common-c aborts on 0; H.264 is what a host with no encoder would fail at launch.
+        return bits or SCM_H264
 
     def max_luma_pixels_hevc(self) -> int:
         return MAX_LUMA_PIXELS_HEVC if "hevc" in self.codecs else 0
@@ -88,7 +102,23 @@ class Host:
         return "127.0.0.1"
 
     def stream_routes(self) -> Mapping[str, Callable[..., Any]]:
-        return {}
+        return {"/launch": self._launch, "/resume": self._resume, "/cancel": self._cancel}
+
+    async def _launch(self, request: web.Request, client: PairedClient) -> bytes:
+        launch = LaunchRequest.from_query(request.query.items())
+        session = await self.sessions.launch(client, launch)
+        return xml.response({"sessionUrl0": f"rtsp://{self.advertised_ip(request)}:{session.rtsp_port}",
+                             "gamesession": 1})
+
+    async def _resume(self, request: web.Request, client: PairedClient) -> bytes:
+        launch = LaunchRequest.from_query(request.query.items(), resume=True)
+        session = await self.sessions.resume(client, launch)
+        return xml.response({"sessionUrl0": f"rtsp://{self.advertised_ip(request)}:{session.rtsp_port}",
+                             "resume": 1})
+
+    async def _cancel(self, request: web.Request, client: PairedClient) -> bytes:
+        await self.sessions.cancel(client)
+        return xml.response({"cancel": 1})
 
     def status(self) -> dict[str, Any]:
         return {
@@ -98,12 +128,14 @@ class Host:
             "codecs": list(self.codecs),
             "paired_clients": len(self.state.clients),
             "pairings": [p.describe() for p in self.pairing.pending],
-            "sessions": [],
+            "sessions": [s.describe() for s in self.sessions.sessions.values()],
         }
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         bind = str(self.config.get("server", "bind"))
+        if self.encoders is None:
+            self.sessions.encoders = await asyncio.to_thread(probe_encoders, self.config)
         handlers = http.GameStreamHttp(self)
         self._tls = http.server_ssl_context(self.state.cert_pem, self.state.key_pem,
                                             [c.cert_pem.encode() for c in self.state.clients])
@@ -113,11 +145,14 @@ class Host:
             self.ports["https"] = await self._serve_tcp(handlers.make_app(https=True), bind, "https",
                                                         self._tls)
             await self._serve_api()
+            await self.sessions.start(bind)
         except BaseException:
             await self.stop()
             raise
-        log.info("moonhowl %r serving on %s: http %d, https %d, api %s", self.config.hostname, bind,
-                 self.ports["http"], self.ports["https"], self.config.api_socket)
+        log.info("moonhowl %r serving on %s: http %d, https %d, control %d, video %d, audio %d; api %s; "
+                 "codecs: %s", self.config.hostname, bind, self.ports["http"], self.ports["https"],
+                 self.sessions.control_port, self.sessions.video.port, self.sessions.audio.port,
+                 self.config.api_socket, ", ".join(f"{c} ({s.name})" for c, s in self.sessions.encoders.items()))
 
     async def _serve_tcp(self, app: web.Application, bind: str, name: str,
                          tls: ssl.SSLContext | None) -> int:
@@ -162,6 +197,7 @@ class Host:
                 self._tls.load_verify_locations(cadata=client.cert_pem)
 
     async def stop(self) -> None:
+        await self.sessions.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -190,3 +226,20 @@ async def _socket_answers(path: Path) -> bool:
         return False
     finally:
         sock.close()
+
+
+def probe_encoders(config: config_mod.Config) -> dict[str, EncoderSpec]:
+    """Per codec, the configured forced pipeline or the first encoder row that works here."""
+    from moonhowl.media import probe
+    from moonhowl.media.encoders import CODECS
+
+    chosen: dict[str, EncoderSpec] = {}
+    for codec in CODECS:
+        forced = str(config.get("encoders", f"force_{codec}"))
+        if forced:
+            chosen[codec] = EncoderSpec("forced", codec, (), forced)
+    order = {codec: list(config.get("encoders", codec)) for codec in CODECS if codec not in chosen}
+    chosen.update(probe.cached_working(order))
+    if not chosen:
+        log.error("no video encoder works on this host: clients can pair but not stream")
+    return chosen

@@ -6,13 +6,16 @@ Each trial runs in a child process with a deadline: an encoder library that hang
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from moonhowl.media.encoders import CODECS, ENCODERS, EncoderSpec, rows_for
 
@@ -97,6 +100,42 @@ def probe(order: dict[str, list[str]] | None = None, codecs: tuple[str, ...] = C
     # Codecs in parallel: each trial is a child process, so this is wall time, not CPU.
     with ThreadPoolExecutor(max_workers=len(codecs) or 1) as pool:
         return dict(zip(codecs, pool.map(one_codec, codecs), strict=True))
+
+
+def cached_working(order: dict[str, list[str]]) -> dict[str, EncoderSpec]:
+    """probe() + working(), remembered across starts while nothing it depends on changed.
+
+    The key covers the GStreamer version, which of the rows' elements exist (hardware encoders
+    register only where their device is) and the rows themselves, so a new GPU, driver or
+    encoder setting probes again. `moonhowl doctor` always probes afresh.
+    """
+    from moonhowl.media.glib import Gst, init
+
+    init()
+    rows = [spec for codec in order for spec in rows_for(codec, order[codec])]
+    present = sorted({name for spec in rows for name in spec.elements if Gst.ElementFactory.find(name)})
+    key = hashlib.sha256(repr((Gst.version_string(), present, rows)).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moonhowl" / f"probe-{key}.json"
+    by_name = {(spec.codec, spec.name): spec for spec in rows}
+    try:
+        remembered = json.loads(cache.read_text())
+        chosen = {codec: by_name[(codec, name)] for codec, name in remembered.items()}
+        log.info("encoders (remembered from %s): %s", cache, remembered)
+        return chosen
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    log.info("probing encoders (each one encodes a few frames)...")
+    results = probe(order, tuple(order))
+    for codec, tried in results.items():
+        for result in tried:
+            log.info("encoder %s/%s: %s", codec, result.spec.name, result.reason)
+    chosen = working(results)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({codec: spec.name for codec, spec in chosen.items()}))
+    except OSError as exc:
+        log.info("cannot remember the probe in %s: %s", cache, exc)
+    return chosen
 
 
 def working(results: dict[str, list[ProbeResult]]) -> dict[str, EncoderSpec]:

@@ -114,7 +114,7 @@ class GameStreamHttp:
     # --- handlers --------------------------------------------------------------------------------
     async def serverinfo(self, request: web.Request, client: PairedClient | None) -> bytes:
         host, config = self.host, self.host.config
-        running = host.current_game()
+        running = host.current_game(client)
         fields: dict[str, str | int] = {
             "hostname": config.hostname,
             "appversion": APP_VERSION,
