@@ -76,3 +76,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for kind in ("unit", "integration", "e2e"):
             if f"/tests/{kind}/" in str(item.path):
                 item.add_marker(kind)
+
+
+@pytest.fixture(scope="session")
+def h264_encoder() -> dict[str, Any]:
+    """The H.264 row that works here (x264 on these machines), probed once per test run."""
+    from moonhowl.media import probe
+
+    found = probe.working(probe.probe({"h264": ["x264", "openh264"]}, ("h264",)))
+    if "h264" not in found:
+        pytest.skip("no working H.264 encoder")
+    return found
+
+
+@pytest.fixture
+async def streaming_host(start_host, h264_encoder) -> Host:
+    """A host on free ports for every stream (RTSP slots, control, video, audio), H.264 only."""
+    return await start_host(encoders=h264_encoder, rtsp_port=0, control_port=0, video_port=0, audio_port=0)
