@@ -1,7 +1,8 @@
 """An asyncio GameStream client over aiohttp: serverinfo, pairing, applist, box art, unpair.
 
 It does what moonlight-qt (``nvhttp.cpp``, ``nvpairingmanager.cpp``) does on the wire, so moonhowl can
-test itself without a real Moonlight client. Launching streams is left to the session/RTSP code.
+test itself without a real Moonlight client. :meth:`GameStreamClient.launch` / ``resume`` / ``cancel``
+start and end an app; the stream itself is :mod:`moonhowl.client.stream`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,26 @@ from moonhowl.protocol.pairing import UNIQUE_ID, ClientPairing, PairingError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GameStreamClient", "GameStreamError", "PairingFailed"]
+__all__ = ["STEREO_SURROUND_INFO", "GameStreamClient", "GameStreamError", "PairingFailed", "launch_params"]
 
 DEFAULT_HTTP_PORT = 47989
 DEFAULT_HTTPS_PORT = 47984
 # Box art is the largest thing the API returns; cap it so a broken host cannot exhaust memory.
 MAX_ASSET_BYTES = 16 * 1024 * 1024
+# SURROUNDAUDIOINFO_FROM_AUDIO_CONFIGURATION(stereo) in moonlight-common-c Limelight.h:
+# channel mask 0x3 << 16 | 2 channels.
+STEREO_SURROUND_INFO = 0x3 << 16 | 2
+# moonlight-qt waits this long for /launch (LAUNCH_TIMEOUT_MS) and /resume, /cancel (30 s): a host may
+# start the app (and here, a whole desktop) before it answers.
+LAUNCH_TIMEOUT_S = 120.0
+RESUME_TIMEOUT_S = 30.0
+QUIT_TIMEOUT_S = 30.0
+# What moonlight-qt appends for an HDR-capable client (nvhttp.cpp startApp).
+_HDR_PARAMS = {
+    "hdrMode": "1", "clientHdrCapVersion": "0", "clientHdrCapSupportedFlagsInUint32": "0",
+    "clientHdrCapMetaDataId": "NV_STATIC_METADATA_TYPE_1",
+    "clientHdrCapDisplayData": "0x0x0x0x0x0x0x0x0x0x0",
+}
 
 
 class GameStreamError(Exception):
@@ -70,6 +85,43 @@ def _client_ssl_context(identity: ClientIdentity, server_cert_pem: bytes | None)
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         ctx.load_verify_locations(cadata=server_cert_pem.decode("ascii"))
     return ctx
+
+
+def launch_params(
+    app_id: int, width: int, height: int, fps: int, *, rikey: bytes, rikeyid: int,
+    surround_info: int = STEREO_SURROUND_INFO, local_audio: bool = False, gamepad_mask: int = 0,
+    hdr: bool = False, sops: bool = False, persist_gamepads: bool = False, corever: int | None = 1,
+) -> dict[str, str]:
+    """The query of /launch and /resume, in moonlight-qt's order (nvhttp.cpp ``startApp``).
+
+    ``rikey`` is the 16-byte AES key of the session; ``rikeyid`` the signed 32-bit number moonlight-qt
+    reads big-endian from the first 4 bytes of ``remoteInputAesIv`` (audio IVs start from it).
+    ``corever`` is what moonlight-common-c's ``LiGetLaunchUrlQueryParameters()`` appends (``&corever=1``);
+    None leaves it out.
+    """
+    if len(rikey) != 16:
+        raise ValueError("rikey is 16 bytes")
+    if not -(1 << 31) <= rikeyid < (1 << 31):
+        raise ValueError("rikeyid must fit a signed 32-bit int (moonlight-qt prints it with QString::number(int))")
+    if min(width, height, fps) <= 0:
+        raise ValueError(f"bad mode {width}x{height}x{fps}")
+    params = {
+        "appid": str(app_id),
+        "mode": f"{width}x{height}x{fps}",
+        "additionalStates": "1",
+        "sops": "1" if sops else "0",
+        "rikey": rikey.hex(),
+        "rikeyid": str(rikeyid),
+        **(_HDR_PARAMS if hdr else {}),
+        "localAudioPlayMode": "1" if local_audio else "0",
+        "surroundAudioInfo": str(surround_info),
+        "remoteControllersBitmap": str(gamepad_mask),
+        "gcmap": str(gamepad_mask),
+        "gcpersist": "1" if persist_gamepads else "0",
+    }
+    if corever is not None:
+        params["corever"] = str(corever)
+    return params
 
 
 class GameStreamClient:
@@ -223,3 +275,44 @@ class GameStreamClient:
 
     async def _pair_step(self, query: Mapping[str, str], *, https: bool = False) -> dict[str, str]:
         return (await self.request("/pair", query, https=https)).fields
+
+    async def launch(
+        self, app_id: int, width: int, height: int, fps: int, *, rikey: bytes, rikeyid: int,
+        surround_info: int = STEREO_SURROUND_INFO, local_audio: bool = False, gamepad_mask: int = 0,
+        hdr: bool = False, corever: int | None = 1,
+    ) -> str:
+        """Start ``app_id``; returns the RTSP session URL (``sessionUrl0``) for the stream handshake."""
+        params = launch_params(app_id, width, height, fps, rikey=rikey, rikeyid=rikeyid,
+                               surround_info=surround_info, local_audio=local_audio,
+                               gamepad_mask=gamepad_mask, hdr=hdr, corever=corever)
+        return await self._start_app("/launch", "gamesession", params, LAUNCH_TIMEOUT_S)
+
+    async def resume(
+        self, app_id: int, width: int, height: int, fps: int, *, rikey: bytes, rikeyid: int,
+        surround_info: int = STEREO_SURROUND_INFO, local_audio: bool = False, gamepad_mask: int = 0,
+        hdr: bool = False, corever: int | None = 1,
+    ) -> str:
+        """Reattach to the running app with new keys (moonlight-qt sends the launch query to /resume)."""
+        params = launch_params(app_id, width, height, fps, rikey=rikey, rikeyid=rikeyid,
+                               surround_info=surround_info, local_audio=local_audio,
+                               gamepad_mask=gamepad_mask, hdr=hdr, corever=corever)
+        return await self._start_app("/resume", "resume", params, RESUME_TIMEOUT_S)
+
+    async def cancel(self) -> None:
+        """Quit the running app (``/cancel``); the host must answer ``cancel=1``."""
+        reply = await self.request("/cancel", timeout=QUIT_TIMEOUT_S)
+        if reply.fields.get("cancel", "").strip() != "1":
+            raise GameStreamError(reply.status_code, f"/cancel answered cancel={reply.fields.get('cancel')!r}")
+        logger.info("app on %s cancelled", self.host)
+
+    async def _start_app(self, path: str, flag: str, params: Mapping[str, str], timeout: float) -> str:
+        reply = await self.request(path, params, timeout=timeout)
+        # moonlight-embedded treats gamesession/resume = 0 as failure even with status 200.
+        if reply.fields.get(flag, "").strip() != "1":
+            raise GameStreamError(reply.status_code, f"{path} answered {flag}={reply.fields.get(flag)!r}")
+        url = reply.fields.get("sessionUrl0", "").strip()
+        if not url:
+            # moonlight-common-c would fall back to port 48010; a host that omits it has a bug worth seeing.
+            raise GameStreamError(reply.status_code, f"{path} reply has no sessionUrl0")
+        logger.info("%s app %s on %s: RTSP at %s", path.lstrip("/"), params.get("appid"), self.host, url)
+        return url
