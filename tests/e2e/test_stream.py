@@ -209,3 +209,33 @@ async def test_describe_offers_only_working_codecs(streaming_host):
     info = await client.serverinfo(https=True)
     assert int(info["ServerCodecModeSupport"]) == 0x1
     await client.cancel()
+
+
+async def test_server_shutdown_terminates_streams_gracefully(streaming_host):
+    host = streaming_host
+    client = await paired_client(host)
+    session = await StreamSession.start(client, TEST_PATTERN, 320, 240, 30)
+    await asyncio.sleep(1)
+    await host.stop()
+    assert await session.wait(5)
+    assert session.termination_reason == control.TERMINATION_GRACEFUL
+    assert session.stats().error is None  # graceful after frames is a normal end for the client
+    await session.stop()
+
+
+async def test_launch_errors_are_answered_in_xml(streaming_host):
+    from moonhowl.client.gamestream import GameStreamError
+    from moonhowl.client.stream import new_rikey
+
+    client = await paired_client(streaming_host)
+    rikey, rikeyid = new_rikey()
+    with pytest.raises(GameStreamError, match="no app with id 99"):
+        await client.launch(99, 640, 360, 30, rikey=rikey, rikeyid=rikeyid)
+    with pytest.raises(GameStreamError, match="no session to resume"):
+        await client.resume(2, 640, 360, 30, rikey=rikey, rikeyid=rikeyid)
+    streaming_host.config.values["stream"]["max_sessions"] = 1
+    await client.launch(2, 320, 240, 30, rikey=rikey, rikeyid=rikeyid)
+    other = await paired_client(streaming_host, "9999")
+    with pytest.raises(GameStreamError, match="streaming to 1 clients already"):
+        await other.launch(2, 320, 240, 30, rikey=rikey, rikeyid=rikeyid)
+    await client.cancel()

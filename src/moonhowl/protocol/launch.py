@@ -50,10 +50,11 @@ class LaunchRequest:
         def number(name: str, default: int | None = None) -> int:
             if name not in query and default is not None:
                 return default
+            text = need(name)
             try:
-                return int(need(name))
+                return int(text)
             except ValueError:
-                raise LaunchError(f"field {name!r} is not a number: {query[name]!r}") from None
+                raise LaunchError(f"field {name!r} is not a number: {text!r}") from None
 
         # /resume carries no appid: the running app continues.
         app_id = number("appid", 0 if resume else None)

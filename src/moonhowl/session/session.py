@@ -279,6 +279,7 @@ class Session:
     def describe(self) -> dict[str, Any]:
         config, stats = self.config, self.stats
         p50, p99 = stats.latency_percentile(0.5), stats.latency_percentile(0.99)
+        encoder = self.pipeline.stats if self.pipeline is not None else None
         return {
             "id": self.id, "client": self.client.id, "client_name": self.client.name, "app": self.app.title,
             "mode": f"{self.launch.width}x{self.launch.height}x{self.launch.fps}",
@@ -289,5 +290,8 @@ class Session:
             "frames_sent": stats.frames_sent, "keyframes_sent": stats.keyframes_sent,
             "frames_dropped": stats.frames_dropped, "idr_requests": stats.idr_requests,
             "host_latency_ms_p50": p50, "host_latency_ms_p99": p99,
+            # The encoder's own part of it (capture -> appsink), for comparison.
+            "encoder_latency_ms_p50": encoder.latency_p50_ms if encoder else None,
+            "encoder_latency_ms_p99": encoder.latency_p99_ms if encoder else None,
             "control_messages": stats.control_messages, "control_errors": stats.control_errors,
         }
