@@ -8,7 +8,8 @@ import stat
 import pytest
 
 from moonhowl.client.identity import ClientIdentity
-from moonhowl.state import HostState, StateError, atomic_write
+from moonhowl.files import atomic_write
+from moonhowl.state import HostState, StateError
 
 pytestmark = pytest.mark.unit
 

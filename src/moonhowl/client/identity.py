@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from moonhowl.files import atomic_write
 from moonhowl.protocol import crypto
 
 logger = logging.getLogger(__name__)
@@ -21,26 +20,6 @@ __all__ = ["CLIENT_CN", "ClientIdentity"]
 CLIENT_CN = "NVIDIA GameStream Client"
 CERT_FILE = "client.pem"
 KEY_FILE = "client.key"
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    # tmp + fsync + rename: a crash leaves either the old file or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _same_key(cert_pem: bytes, key_pem: bytes) -> bool:
@@ -83,7 +62,7 @@ class ClientIdentity:
         # Drop a lone old cert first and write the key before the cert: "both files present" then
         # always means a matching pair, whatever point a crash interrupts us at.
         cert_path.unlink(missing_ok=True)
-        _atomic_write(key_path, identity.key_pem, 0o600)
-        _atomic_write(cert_path, identity.cert_pem, 0o644)
+        atomic_write(key_path, identity.key_pem, 0o600)
+        atomic_write(cert_path, identity.cert_pem, 0o644)
         logger.info("created client identity in %s", directory)
         return identity
