@@ -239,7 +239,7 @@ def probe_encoders(config: config_mod.Config) -> dict[str, EncoderSpec]:
         if forced:
             chosen[codec] = EncoderSpec("forced", codec, (), forced)
     order = {codec: list(config.get("encoders", codec)) for codec in CODECS if codec not in chosen}
-    chosen.update(probe.cached_working(order))
+    chosen.update(probe.cached_working(order, float(config.get("encoders", "min_fps"))))
     if not chosen:
         log.error("no video encoder works on this host: clients can pair but not stream")
     return chosen

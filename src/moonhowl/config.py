@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 DEFAULT_ENCODERS = {
     "h264": ["nvenc", "va", "qsv", "x264", "openh264"],
     "hevc": ["nvenc", "va", "qsv", "x265"],
-    "av1": ["nvenc", "va", "qsv", "svtav1", "aom"],
+    # svtav1 is left out: in its low-delay mode (GStreamer 1.26, SVT-AV1 2.3) it emits one frame
+    # and hangs, and its random-access mode adds ~1 s of latency. Add it back to try a newer one.
+    "av1": ["nvenc", "va", "qsv", "aom"],
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -62,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "encoders": {
         **{codec: list(rows) for codec, rows in DEFAULT_ENCODERS.items()},
+        # A codec is offered only if an encoder row reaches this many fps at 1280x720 here.
+        "min_fps": 60,
         # A gst-launch fragment per codec that replaces the probe's choice ("" = probe).
         "force_h264": "",
         "force_hevc": "",
@@ -250,6 +254,7 @@ _RANGES: dict[str, Callable[[int], str | None]] = {
     "max_sessions": lambda v: None if v >= 1 else f"must be at least 1, not {v}",
     "idle_timeout": lambda v: None if v >= 1 else f"must be at least 1 second, not {v}",
     "pin_timeout": lambda v: None if v >= 1 else f"must be at least 1 second, not {v}",
+    "min_fps": lambda v: None if v >= 0 else f"must be 0 or more, not {v}",
 }
 
 

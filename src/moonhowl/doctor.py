@@ -23,13 +23,14 @@ def run() -> int:
         gst_ok = (version.major, version.minor) >= (1, 24)
         _line("GStreamer", f"{Gst.version_string()}" + ("" if gst_ok else "  (too old: DMA_DRM caps need 1.24)"))
         problems += not gst_ok
-        print("encoders (first working row per codec is used):")
+        min_fps = probe.DEFAULT_MIN_FPS
+        print(f"encoders (the first row reaching {min_fps:g} fps at 720p is used; this takes a while):")
         for codec, results in probe.probe(everything=True).items():
             for r in results:
-                mark = "ok " if r.ok else "-- "
-                print(f"  {mark}{codec:<5} {r.spec.name:<9} {r.reason}")
-            if not any(r.ok for r in results):
-                print(f"  !! {codec}: no working encoder; not offered to clients")
+                mark = "ok " if r.usable(min_fps) else "slow " if r.ok else "-- "
+                print(f"  {mark:<5}{codec:<5} {r.spec.name:<9} {r.reason}")
+            if not any(r.usable(min_fps) for r in results):
+                print(f"  !!   {codec}: no encoder fast enough; not offered to clients")
     except ImportError as exc:
         _line("GStreamer", f"unavailable ({exc})")
         problems += 1
