@@ -23,11 +23,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def host_config(state_dir: Path, **server: Any) -> config_mod.Config:
+def host_config(state_dir: Path, config_text: str = "", **server: Any) -> config_mod.Config:
     overrides = {"server": {"bind": "127.0.0.1", "http_port": 0, "https_port": 0,
                             "state_dir": str(state_dir), **server},
                  "pairing": {"pin_timeout": 10}}
-    return config_mod.parse("", None, overrides)
+    return config_mod.parse(config_text, None, overrides)
 
 
 HostFactory = Callable[..., Coroutine[Any, Any, Host]]
@@ -38,8 +38,9 @@ async def start_host(tmp_path: Path) -> AsyncIterator[HostFactory]:
     """Starts hosts (stopped at the end); the state directory defaults to tmp_path/state."""
     hosts: list[Host] = []
 
-    async def start(state_dir: Path | None = None, encoders: dict | None = None, **server: Any) -> Host:
-        config = host_config(state_dir or tmp_path / "state", **server)
+    async def start(state_dir: Path | None = None, encoders: dict | None = None, config_text: str = "",
+                    **server: Any) -> Host:
+        config = host_config(state_dir or tmp_path / "state", config_text, **server)
         host = Host(config, HostState.open(config.state_dir), encoders=encoders or {})
         await host.start()
         hosts.append(host)

@@ -20,6 +20,7 @@ from moonhowl.net.udp import MediaSocket
 from moonhowl.protocol.enet import Connected, Disconnected, EnetPeer, Event, Received
 from moonhowl.protocol.errors import ProtocolError
 from moonhowl.protocol.launch import LaunchRequest
+from moonhowl.session.apps import AppError
 from moonhowl.session.session import Session
 from moonhowl.state import PairedClient
 
@@ -84,7 +85,13 @@ class SessionManager:
         session = Session(self, self._next_id, free[0], client, app, request)
         self._next_id += 1
         base = self.host.config.port("rtsp")
-        await session.start(str(self.host.config.get("server", "bind")), base + session.slot if base else 0)
+        try:
+            await session.start(str(self.host.config.get("server", "bind")), base + session.slot if base else 0)
+        except AppError as exc:
+            raise LaunchRefused(str(exc)) from None
+        except Exception as exc:
+            log.exception("launching %r failed", app.title)
+            raise LaunchRefused(f"{app.title!r} could not start: {exc}") from None
         self.sessions[session.id] = session
         self.video.register(session.video_ping, session.on_video_ping)
         self.audio.register(session.audio_ping, session.on_audio_ping)

@@ -27,6 +27,7 @@ from moonhowl.protocol.launch import LaunchRequest
 from moonhowl.protocol.rtsp import RtspRequest, RtspResponse, RtspServerSession
 from moonhowl.protocol.sdp import SS_ENC_CONTROL_V2, StreamConfig, StreamOffer
 from moonhowl.protocol.video import FrameTooLargeError, Packetizer
+from moonhowl.session.desktop import Desktop
 from moonhowl.state import PairedClient
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class Session:
         self.pipeline: VideoPipeline | None = None
         self.packetizer: Packetizer | None = None
         self.video_sender: PacedSender | None = None
+        self.desktop: Desktop | None = None
         self.encoder_name = ""
         self.started = time.monotonic()
         self.last_control = time.monotonic()
@@ -116,6 +118,16 @@ class Session:
             hevc="hevc" in manager.encoders, av1="av1" in manager.encoders,
             # Video and audio encryption are not implemented yet: only the control stream.
             encryption_supported=SS_ENC_CONTROL_V2, encryption_requested=SS_ENC_CONTROL_V2)
+        if self.app.kind == "desktop":
+            # The desktop and its apps start at launch, so the app is up by the time video flows.
+            launch = self.launch
+            self.desktop = Desktop(f"session-{self.id}", self.app, launch.width, launch.height, launch.fps,
+                                   on_app_exit=self._end_soon)
+            try:
+                await self.desktop.start()
+            except Exception:
+                await self.desktop.stop()
+                raise
         self._rtsp = RtspListener(RtspServerSession(offer), self._on_rtsp, f"session {self.id}")
         self.rtsp_port = await self._rtsp.start(bind, rtsp_port)
         self._schedule_watchdog()
@@ -141,11 +153,18 @@ class Session:
         self.encoder_name = spec.name
         fec = int(self.manager.host.config.get("stream", "fec_percentage"))
         self.packetizer = Packetizer(config.packet_size, fec, max(2, config.fec_min_required))
-        # The client's requested mode wins over the launch's if they differ (it asked last).
-        width, height, fps = config.width, config.height, config.fps
+        if self.desktop is not None:
+            # The desktop was made at launch for the launch's mode; the stream follows it.
+            desktop = self.desktop
+            width, height, fps, source = desktop.width, desktop.height, desktop.fps, "frames"
+        else:
+            # The client's requested mode wins over the launch's if they differ (it asked last).
+            width, height, fps, source = config.width, config.height, config.fps, "test-pattern"
         self.pipeline = VideoPipeline(width, height, fps, spec, config.bitrate_kbps, on_frame=self._on_frame,
-                                      on_error=self._on_pipeline_error)
+                                      on_error=self._on_pipeline_error, source=source)
         self.pipeline.start()
+        if self.desktop is not None:
+            self.desktop.attach(self.pipeline.push_frame)
         self._info("streaming %s with %s at %dx%d@%d, %d kbit/s, FEC %d%%", config.codec, spec.name,
                    width, height, fps, config.bitrate_kbps, fec)
 
@@ -272,6 +291,8 @@ class Session:
             self.video_sender = None
         if self.pipeline is not None:
             await asyncio.to_thread(self.pipeline.stop)
+        if self.desktop is not None:
+            await self.desktop.stop()
         if self._rtsp is not None:
             await self._rtsp.close()
         self.ended.set()
@@ -285,7 +306,8 @@ class Session:
             "mode": f"{self.launch.width}x{self.launch.height}x{self.launch.fps}",
             "codec": config.codec if config else None, "encoder": self.encoder_name or None,
             "bitrate_kbps": config.bitrate_kbps if config else None, "rtsp_port": self.rtsp_port,
-            "streaming": self.pipeline is not None, "video_peer": list(self.video_sender.addr)
+            "streaming": self.pipeline is not None,
+            "renderer": self.desktop.renderer_name if self.desktop else None, "video_peer": list(self.video_sender.addr)
             if self.video_sender else None,
             "frames_sent": stats.frames_sent, "keyframes_sent": stats.keyframes_sent,
             "frames_dropped": stats.frames_dropped, "idr_requests": stats.idr_requests,
