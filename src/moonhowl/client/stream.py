@@ -555,6 +555,11 @@ class StreamSession:
         self.ended.set()
 
     # ------------------------------------------------------------------ public API
+    def send_input(self, event: Any) -> bool:
+        """Sends one input packet (a moonhowl.protocol.input dataclass) on its channel, as
+        moonlight-common-c's LiSend*Event functions do: control message 0x0206, encrypted."""
+        return self._send(control.INPUT_DATA, bytes(event), event.channel)
+
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until the stream ends by itself (termination, stall, disconnect); True if it did."""
         with contextlib.suppress(TimeoutError):

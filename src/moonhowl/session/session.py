@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from moonhowl.config import AppConfig
+from moonhowl.input import InputRouter
+from moonhowl.input.devices import select_backend
+from moonhowl.input.wayland import CompositorSeat, NoSeat
 from moonhowl.net.rtsp import RtspListener
 from moonhowl.net.udp import Address, PacedSender
 from moonhowl.protocol import control
@@ -89,6 +92,7 @@ class Session:
         self.packetizer: Packetizer | None = None
         self.video_sender: PacedSender | None = None
         self.desktop: Desktop | None = None
+        self.input: InputRouter | None = None
         self.encoder_name = ""
         self.started = time.monotonic()
         self.last_control = time.monotonic()
@@ -219,6 +223,22 @@ class Session:
         self.loop.call_soon_threadsafe(self._end_soon, f"the video pipeline failed: {message}")
 
     # --- control stream -----------------------------------------------------------------------------
+    def _make_input(self) -> InputRouter:
+        """Input goes to the desktop's seat, or is counted and dropped for the test pattern."""
+        desktop = self.desktop
+        if desktop is not None and desktop.compositor is not None:
+            seat: CompositorSeat | NoSeat = CompositorSeat(desktop.compositor.seat)
+            size = (desktop.width, desktop.height)
+        else:
+            seat, size = NoSeat(), (self.launch.width, self.launch.height)
+        return InputRouter(seat, select_backend(log), size, send_feedback=self._send_feedback)
+
+    def _send_feedback(self, message: Any) -> None:
+        """Rumble and other host -> client messages of the input layer, on the control stream."""
+        endpoint, peer = self.manager.control, self.control_peer
+        if endpoint is not None and peer is not None and self.cipher is not None:
+            endpoint.send(peer, control.CHANNEL_GENERIC, self.cipher.seal(message.TYPE, bytes(message)))
+
     def on_control_connected(self, peer: EnetPeer) -> None:
         self.control_peer = peer
         self.last_control = time.monotonic()
@@ -251,6 +271,9 @@ class Session:
                 self.stats.control_errors += 1
         elif msg_type == control.INPUT_DATA:
             self.stats.input_packets += 1
+            if self.input is None:
+                self.input = self._make_input()
+            self.input.feed(payload)
 
     def on_control_lost(self, reason: str) -> None:
         self.control_peer = None
@@ -289,6 +312,9 @@ class Session:
             endpoint.disconnect(peer, later=True)  # after the termination message is delivered
         with self._lock:
             self.video_sender = None
+        if self.input is not None:
+            # Before the desktop goes: apps see every held key and button released.
+            self.input.close()
         if self.pipeline is not None:
             await asyncio.to_thread(self.pipeline.stop)
         if self.desktop is not None:
@@ -316,4 +342,5 @@ class Session:
             "encoder_latency_ms_p50": encoder.latency_p50_ms if encoder else None,
             "encoder_latency_ms_p99": encoder.latency_p99_ms if encoder else None,
             "control_messages": stats.control_messages, "control_errors": stats.control_errors,
+            "input": dataclasses.asdict(self.input.stats) if self.input else None,
         }
