@@ -119,7 +119,9 @@ class Desktop:
     def _on_tick(self) -> None:
         if self._stopping or self.compositor is None:
             return
-        with contextlib.suppress(queue.Full):
+        # Only this loop thread puts, so a slot free now is still free at put_nowait. A snapshot
+        # holds the clients' buffers until presented, so none is taken while the renderer is busy.
+        if not self._queue.full():
             self._queue.put_nowait(self.compositor.snapshot())
         # An absolute schedule: a late tick does not push every later one back.
         self._next_tick = max(self._next_tick + 1 / self.fps, self._loop.time())
