@@ -61,6 +61,11 @@ DEFAULTS: dict[str, Any] = {
         "max_sessions": 4,
         # Seconds without control traffic after which a session ends.
         "idle_timeout": 10,
+        # Desktop video paths, best first, each tried when the one before fails: "dmabuf" (the
+        # renderer draws into dma-bufs the encoder chain imports), "system" (read back to system
+        # memory), or exact source paths such as "dmabuf:XR24:0x0" and "system:BGRx".
+        # Empty: decided per host from the encoder chains that can run (session/video.py).
+        "video_paths": [],
     },
     "encoders": {
         **{codec: list(rows) for codec, rows in DEFAULT_ENCODERS.items()},
@@ -240,7 +245,24 @@ def _check(key: str, value: Any, default: Any) -> str | None:
     if isinstance(default, list):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return f"must be a list of strings, not {value!r}"
+        if key == "video_paths":
+            return _video_paths(value)
         return None
+    return None
+
+
+# What moonhowlsrc can produce (media/source.py): a dma-buf path names its DRM fourcc and modifier
+# in hex, the system path BGRx (the renderer's readback order).
+_VIDEO_PATH = re.compile(r"dmabuf|system|system:BGRx|dmabuf:[A-Z0-9]{2,4}:0x[0-9a-fA-F]{1,16}")
+
+
+def _video_paths(value: list[str]) -> str | None:
+    bad = [v for v in value if not _VIDEO_PATH.fullmatch(v)]
+    if bad:
+        return (f"has {', '.join(map(repr, bad))}: each entry must be 'dmabuf', 'system', "
+                "'system:BGRx' or 'dmabuf:FOURCC:0xMODIFIER'")
+    if len(set(value)) != len(value):
+        return f"lists a path twice: {value!r}"
     return None
 
 

@@ -20,7 +20,7 @@ class Filled(QWidget):
         self.setWindowTitle("moonhowl qt6 test")
         self.painted = False
 
-    def paintEvent(self, event: QPaintEvent | None) -> None:  # noqa: N802 (Qt's name)
+    def paintEvent(self, event: QPaintEvent | None) -> None:
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(COLOUR))
         painter.end()

@@ -28,7 +28,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,6 +41,9 @@ from moonhowl.protocol.enet import Disconnected, EnetPeer, Event, Received
 from moonhowl.protocol.errors import ProtocolError
 from moonhowl.protocol.sdp import SS_ENC_CONTROL_V2, Codec, StreamConfig, c_strtoul
 from moonhowl.protocol.video import Depacketizer, Frame
+
+if TYPE_CHECKING:
+    from moonhowl.client.audio import AudioReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +252,9 @@ class StreamStats:
     decoded_frames: int
     decode_errors: int
     audio_packets: int
+    audio_repaired: int  # audio packets rebuilt from the 4+2 parity
+    audio_lost: int
+    audio_decoded_ms: float
     control_messages: int
     termination_reason: int | None
     error: str | None
@@ -279,7 +285,8 @@ class StreamSession:
 
     def __init__(self, client: GameStreamClient, app_id: int, rikey: bytes, rikeyid: int,
                  handshake: HandshakeResult, *, sunshine: bool, loss_percent: float = 0.0, seed: int = 0,
-                 decoder: Decoder | None = None, stall_timeout: float = STALL_TIMEOUT_S) -> None:
+                 decoder: Decoder | None = None, stall_timeout: float = STALL_TIMEOUT_S,
+                 audio: bool = True) -> None:
         if not 0.0 <= loss_percent < 100.0:
             raise ValueError("loss_percent must be in [0, 100)")
         self.client = client
@@ -306,6 +313,15 @@ class StreamSession:
         self._fec_queue: deque[control.FrameFecStatus] = deque()
         self._idr = IdrPolicy()
         self._decoder = decoder
+        self.audio: AudioReceiver | None = None
+        if audio and decoder is not None:  # the receiver decodes with GStreamer, like the video
+            # The layout DESCRIBE announced for our channel count (normal quality: we ask no more).
+            from moonhowl.client.audio import AudioReceiver
+
+            layout = handshake.describe.opus_layouts(self.config.audio_channels)[0] or self.config.opus_layout
+            self.audio = AudioReceiver(rikey, rikeyid, self.config.encrypt_audio, layout,
+                                       packet_duration_ms=self.config.audio_packet_duration_ms,
+                                       decode=True)
         self._endpoint: net_enet.EnetEndpoint | None = None
         self._peer: EnetPeer | None = None
         self._control_gone = asyncio.Event()
@@ -496,7 +512,9 @@ class StreamSession:
                 logger.exception("decoding frame %d failed", frame.frame_index)
 
     def _on_audio(self, data: bytes) -> None:
-        self._audio_packets += 1  # decoding audio is a later step; counting proves the host found us
+        self._audio_packets += 1
+        if self.audio is not None:
+            self.audio.push(data)
 
     def _on_control_event(self, event: Event) -> None:
         if isinstance(event, Disconnected):
@@ -568,6 +586,7 @@ class StreamSession:
 
     def stats(self) -> StreamStats:
         d = self._depacketizer.stats
+        audio = self.audio.stats if self.audio is not None else None
         end = self._stopped_at if self._stopped_at is not None else self._loop.time()
         duration = end - self._first_video if self._first_video is not None else 0.0
         return StreamStats(
@@ -582,7 +601,9 @@ class StreamSession:
             malformed_packets=d.malformed_packets, decrypt_failures=self._decrypt_failures,
             decoded_frames=self._decoder.frames_decoded if self._decoder is not None else 0,
             decode_errors=self._decode_failures + (self._decoder.errors if self._decoder is not None else 0),
-            audio_packets=self._audio_packets, control_messages=self._control_messages,
+            audio_packets=self._audio_packets,
+            audio_repaired=audio.repaired if audio else 0, audio_lost=audio.lost if audio else 0,
+            audio_decoded_ms=audio.decoded_ms if audio else 0.0, control_messages=self._control_messages,
             termination_reason=self.termination_reason, error=self.error)
 
     async def stop(self, *, cancel_app: bool = False) -> None:
@@ -606,6 +627,13 @@ class StreamSession:
                 self._decoder.close()
             except Exception:
                 logger.exception("closing the video decoder failed")
+        if self.audio is not None:
+            try:
+                self.audio.finish()
+                await asyncio.to_thread(self.audio.flush, 1.0)
+                self.audio.close()
+            except Exception:
+                logger.exception("closing the audio decoder failed")
         await self._close_control()
         if cancel_app:
             try:

@@ -3,6 +3,11 @@
     <source> name=src ! video/x-raw,width=W,height=H,framerate=F/1
       ! queue (2 buffers, leaky downstream) ! <spec.fragment(kbps)> ! appsink name=sink
 
+or, for a session's desktop, from a source element and a chain fragment (media/chains.py) that
+negotiate their own caps and memory:
+
+    moonhowlsrc name=src ... ! queue (2 buffers, leaky downstream) ! <chain> ! appsink name=sink
+
 Threads: the appsink callback and the capture-time pad probe run on GStreamer streaming threads;
 bus messages arrive on the process's GLib loop thread (glib.get_loop_thread()). Neither may block:
 on_frame and on_error are expected to hand over with loop.call_soon_threadsafe. Everything that
@@ -12,6 +17,7 @@ crosses into C catches, logs and returns a safe value.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import statistics
 import threading
@@ -24,6 +30,14 @@ from moonhowl.media.encoders import EncoderSpec
 from moonhowl.media.glib import GLib, Gst, GstApp, GstVideo, get_loop_thread, init
 
 log = logging.getLogger(__name__)
+
+# GStreamer GL picks its window system from the environment. A server has none of its own (no X,
+# and a WAYLAND_DISPLAY would be the user's session, not ours), so without these glupload fails
+# with "Failed to initialize egl: EGL_NOT_INITIALIZED" (seen here) and every GL chain fails.
+# EGL's surfaceless platform works headless on Mesa and on a GPU (FACTS section 2). Set at import,
+# long before the first GL element exists; setdefault leaves a user's own choice alone.
+os.environ.setdefault("GST_GL_PLATFORM", "egl")
+os.environ.setdefault("GST_GL_WINDOW", "surfaceless")
 
 __all__ = [
     "SOURCES",
@@ -115,17 +129,27 @@ def _percentile(ordered: list[int], q: float) -> int:
 
 
 class VideoPipeline:
+    """source ! leaky queue ! encoder ! appsink; see the module docstring.
+
+    `source` names an entry of SOURCES. Alternatively `source_element` is a gst-launch fragment of
+    one source element named "src" that fixes its own caps (moonhowlsrc negotiates memory and
+    format with what follows, so no raw-caps filter may come between), and `chain` replaces the
+    spec's own fragment with a chains.chain_for() fragment for that memory.
+    """
+
     def __init__(self, width: int, height: int, fps: int, spec: EncoderSpec, bitrate_kbps: int,
                  on_frame: Callable[[EncodedFrame], None], on_error: Callable[[str], None],
-                 source: str = "test-pattern") -> None:
+                 source: str = "test-pattern", *, source_element: str | None = None,
+                 chain: str | None = None) -> None:
         init()
         self.width, self.height, self.fps = width, height, fps
         self.spec = spec
         self.bitrate_kbps = bitrate_kbps
         self._on_frame = on_frame
         self._on_error = on_error
-        self.description = (f"{source_description(source, width, height, fps)} ! {_LEAKY_QUEUE} ! "
-                            f"{spec.fragment(bitrate_kbps)} ! {_APPSINK}")
+        head = source_element if source_element is not None else source_description(source, width, height, fps)
+        body = chain if chain is not None else spec.fragment(bitrate_kbps)
+        self.description = f"{head} ! {_LEAKY_QUEUE} ! {body} ! {_APPSINK}"
         try:
             pipeline = Gst.parse_launch(self.description)
         except GLib.Error as exc:
@@ -136,6 +160,7 @@ class VideoPipeline:
         if src is None or sink is None:
             raise PipelineError("the pipeline lacks an element named 'src' or 'sink'")
         self._sink: GstApp.AppSink = sink
+        self.source: Gst.Element = src
         self._encoder: Gst.Element | None = pipeline.get_by_name("enc")
 
         self._lock = threading.Lock()  # guards the stamps, counters and state flags below
@@ -267,6 +292,19 @@ class VideoPipeline:
         self.bitrate_kbps = kbps
         log.info("%s/%s bitrate now %d kbps", self.spec.codec, self.spec.name, kbps)
         return True
+
+    def inject_error(self, element: str = "enc", text: str = "injected fault") -> bool:
+        """Test hook: `element` posts an ERROR on the bus, as a failing encoder or converter would.
+
+        It travels the real path (bus -> GLib loop thread -> on_error), so what reacts to it is
+        exactly what reacts to a real failure. False when there is no such element or no bus.
+        """
+        target = self._pipeline.get_by_name(element)
+        if target is None:
+            log.warning("inject_error: no element named %r", element)
+            return False
+        error = GLib.Error.new_literal(Gst.StreamError.quark(), text, int(Gst.StreamError.FAILED))
+        return bool(target.post_message(Gst.Message.new_error(target, error, "moonhowl fault injection")))
 
     @property
     def stats(self) -> PipelineStats:

@@ -26,6 +26,7 @@ from moonhowl.state import PairedClient
 
 if TYPE_CHECKING:
     from moonhowl.app import Host
+    from moonhowl.media.audio_server import AudioServer
     from moonhowl.media.encoders import EncoderSpec
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,24 @@ class SessionManager:
         self._by_peer: dict[int, Session] = {}
         self._next_id = 1
         self._tasks: set[asyncio.Task[None]] = set()
+        self._audio_server: AudioServer | None = None
+        self._audio_failed = False
+        self._audio_lock = asyncio.Lock()
+
+    async def audio_server(self) -> AudioServer | None:
+        """The sound server, found or started on first use; None (said once) where there is none."""
+        async with self._audio_lock:
+            if self._audio_server is None and not self._audio_failed:
+                from moonhowl.media.audio_server import AudioServer, AudioServerError
+
+                server = AudioServer()
+                try:
+                    await server.start()
+                    self._audio_server = server
+                except (AudioServerError, OSError) as exc:
+                    self._audio_failed = True
+                    log.warning("no sound server: desktop sessions stream without audio (%s)", exc)
+            return self._audio_server
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Runs `work` in the background, keeping a reference until it is done."""
@@ -130,6 +149,8 @@ class SessionManager:
         for media in (getattr(self, "video", None), getattr(self, "audio", None)):
             if media is not None:
                 media.close()
+        if self._audio_server is not None:
+            await self._audio_server.stop()
 
     # --- control events -----------------------------------------------------------------------------
     def _on_control_event(self, event: Event) -> None:

@@ -30,13 +30,15 @@ from moonhowl.protocol.launch import LaunchRequest
 from moonhowl.protocol.rtsp import RtspRequest, RtspResponse, RtspServerSession
 from moonhowl.protocol.sdp import SS_ENC_CONTROL_V2, StreamConfig, StreamOffer
 from moonhowl.protocol.video import FrameTooLargeError, Packetizer
+from moonhowl.session.audio import SessionAudio
 from moonhowl.session.desktop import Desktop
 from moonhowl.state import PairedClient
 
 if TYPE_CHECKING:
-    from moonhowl.media.pipeline import EncodedFrame, VideoPipeline
+    from moonhowl.media.pipeline import EncodedFrame
     from moonhowl.protocol.enet import EnetPeer
     from moonhowl.session.manager import SessionManager
+    from moonhowl.session.video import SessionVideo
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +90,15 @@ class Session:
         self.config: StreamConfig | None = None
         self.cipher: control.ControlCipher | None = None
         self.control_peer: EnetPeer | None = None
-        self.pipeline: VideoPipeline | None = None
+        # The session's video (named pipeline for the callers that ask whether video runs).
+        self.pipeline: SessionVideo | None = None
+        # What the client is told when the session ends it (a video failure says so).
+        self.termination_code = control.TERMINATION_GRACEFUL
         self.packetizer: Packetizer | None = None
         self.video_sender: PacedSender | None = None
         self.desktop: Desktop | None = None
         self.input: InputRouter | None = None
+        self.audio: SessionAudio | None = None
         self.encoder_name = ""
         self.started = time.monotonic()
         self.last_control = time.monotonic()
@@ -122,11 +128,15 @@ class Session:
             hevc="hevc" in manager.encoders, av1="av1" in manager.encoders,
             # Video and audio encryption are not implemented yet: only the control stream.
             encryption_supported=SS_ENC_CONTROL_V2, encryption_requested=SS_ENC_CONTROL_V2)
+        self.audio = SessionAudio(f"session-{self.id}", manager.audio_server,
+                                  test_tone=self.app.kind == "test-pattern")
         if self.app.kind == "desktop":
-            # The desktop and its apps start at launch, so the app is up by the time video flows.
+            # The desktop and its apps start at launch, so the app is up by the time video flows;
+            # the apps play into the session's own sink.
             launch = self.launch
+            sound_env = await self.audio.prepare(launch.audio_channels)
             self.desktop = Desktop(f"session-{self.id}", self.app, launch.width, launch.height, launch.fps,
-                                   on_app_exit=self._end_soon)
+                                   on_app_exit=self._end_soon, extra_env=sound_env)
             try:
                 await self.desktop.start()
             except Exception:
@@ -146,10 +156,12 @@ class Session:
                                                 v2=bool(self.config.encryption_flags & SS_ENC_CONTROL_V2))
         elif request.method == "PLAY" and self.pipeline is None:
             self._start_streaming()
+            if self.audio is not None and self.config is not None:
+                self.audio.start(self.config, self.launch.rikey, self.launch.rikeyid)
 
     # --- streaming ----------------------------------------------------------------------------------
     def _start_streaming(self) -> None:
-        from moonhowl.media.pipeline import VideoPipeline
+        from moonhowl.session.video import SessionVideo
 
         config = self.config
         assert config is not None
@@ -160,15 +172,16 @@ class Session:
         if self.desktop is not None:
             # The desktop was made at launch for the launch's mode; the stream follows it.
             desktop = self.desktop
-            width, height, fps, source = desktop.width, desktop.height, desktop.fps, "frames"
+            width, height, fps = desktop.width, desktop.height, desktop.fps
         else:
             # The client's requested mode wins over the launch's if they differ (it asked last).
-            width, height, fps, source = config.width, config.height, config.fps, "test-pattern"
-        self.pipeline = VideoPipeline(width, height, fps, spec, config.bitrate_kbps, on_frame=self._on_frame,
-                                      on_error=self._on_pipeline_error, source=source)
+            width, height, fps = config.width, config.height, config.fps
+        # Built and rebuilt (on another path when one fails) on the video's own thread.
+        self.pipeline = SessionVideo(width, height, fps, spec, config.bitrate_kbps, on_frame=self._on_frame,
+                                     on_failed=self._on_pipeline_error, desktop=self.desktop,
+                                     name=f"session-{self.id}",
+                                     paths=list(self.manager.host.config.get("stream", "video_paths")))
         self.pipeline.start()
-        if self.desktop is not None:
-            self.desktop.attach(self.pipeline.push_frame)
         self._info("streaming %s with %s at %dx%d@%d, %d kbit/s, FEC %d%%", config.codec, spec.name,
                    width, height, fps, config.bitrate_kbps, fec)
 
@@ -183,7 +196,8 @@ class Session:
         self.request_keyframe()
 
     def on_audio_ping(self, addr: Address) -> None:
-        pass  # audio is a later issue; the address is learned the same way
+        if self.audio is not None:
+            self.audio.on_peer(addr, self.manager.audio)
 
     def request_keyframe(self) -> None:
         if self.pipeline is not None:
@@ -219,8 +233,14 @@ class Session:
             self.log.exception("session %d: frame handling failed", self.id)
 
     def _on_pipeline_error(self, message: str) -> None:
-        # From the GLib thread.
-        self.loop.call_soon_threadsafe(self._end_soon, f"the video pipeline failed: {message}")
+        # From the video's thread, once, when no video path is left. The client is told: Moonlight
+        # shows ML_ERROR_FRAME_CONVERSION as "the host PC reported a fatal video encoding error".
+        self.loop.call_soon_threadsafe(self._end_for_video, f"the video failed: {message}")
+
+    def _end_for_video(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.termination_code = control.TERMINATION_FRAME_CONVERSION
+            self.manager.spawn(self.manager.end(self, reason, terminate_client=True))
 
     # --- control stream -----------------------------------------------------------------------------
     def _make_input(self) -> InputRouter:
@@ -307,7 +327,7 @@ class Session:
             self._watchdog.cancel()
         endpoint, peer = self.manager.control, self.control_peer
         if terminate_client and endpoint is not None and peer is not None and self.cipher is not None:
-            message = self.cipher.seal(control.TERMINATION, bytes(control.Termination(control.TERMINATION_GRACEFUL)))
+            message = self.cipher.seal(control.TERMINATION, bytes(control.Termination(self.termination_code)))
             endpoint.send(peer, control.CHANNEL_GENERIC, message)
             endpoint.disconnect(peer, later=True)  # after the termination message is delivered
         with self._lock:
@@ -317,6 +337,8 @@ class Session:
             self.input.close()
         if self.pipeline is not None:
             await asyncio.to_thread(self.pipeline.stop)
+        if self.audio is not None:
+            await self.audio.stop()
         if self.desktop is not None:
             await self.desktop.stop()
         if self._rtsp is not None:
@@ -326,7 +348,7 @@ class Session:
     def describe(self) -> dict[str, Any]:
         config, stats = self.config, self.stats
         p50, p99 = stats.latency_percentile(0.5), stats.latency_percentile(0.99)
-        encoder = self.pipeline.stats if self.pipeline is not None else None
+        video = self.pipeline.stats() if self.pipeline is not None else None
         return {
             "id": self.id, "client": self.client.id, "client_name": self.client.name, "app": self.app.title,
             "mode": f"{self.launch.width}x{self.launch.height}x{self.launch.fps}",
@@ -339,8 +361,12 @@ class Session:
             "frames_dropped": stats.frames_dropped, "idr_requests": stats.idr_requests,
             "host_latency_ms_p50": p50, "host_latency_ms_p99": p99,
             # The encoder's own part of it (capture -> appsink), for comparison.
-            "encoder_latency_ms_p50": encoder.latency_p50_ms if encoder else None,
-            "encoder_latency_ms_p99": encoder.latency_p99_ms if encoder else None,
+            "encoder_latency_ms_p50": video["encoder_latency_ms_p50"] if video else None,
+            "encoder_latency_ms_p99": video["encoder_latency_ms_p99"] if video else None,
+            # The frame path ("dmabuf:XR24:0x0", "system:BGRx", "test-pattern"), copies, fallbacks.
+            "video_path": video["path"] if video else None,
+            "video": video,
             "control_messages": stats.control_messages, "control_errors": stats.control_errors,
             "input": dataclasses.asdict(self.input.stats) if self.input else None,
+            "audio": self.audio.describe() if self.audio else None,
         }
