@@ -60,9 +60,12 @@ async def test_weston_simple_shm_is_streamed(start_host, h264_encoder):
     assert colour != (0, 0, 0) or share < 0.9, "the picture is all black"
 
 
-async def test_gtk4_app_colour_is_streamed(start_host, h264_encoder):
-    stats, _server, frame = await stream_desktop(
-        start_host, h264_encoder, [sys.executable, str(APPS / "gtk_colour.py"), "#2080e0"])
+@pytest.mark.parametrize("toolkit, command, env", [
+    ("gtk4", [sys.executable, str(APPS / "gtk4_color.py"), "#2080e0"], {}),
+    ("qt6", [sys.executable, str(APPS / "qt6_color.py"), "#2080e0"], {"QT_QPA_PLATFORM": "wayland"}),
+])
+async def test_toolkit_app_colour_is_streamed(start_host, h264_encoder, toolkit, command, env):
+    stats, _server, frame = await stream_desktop(start_host, h264_encoder, command, env)
     assert stats.error is None and stats.decoded_frames > 30, stats
     colour, share = dominant_colour(frame)
     expected = (0x20, 0x80, 0xE0)

@@ -162,5 +162,5 @@ def test_video_paths_configuration_is_checked() -> None:
     assert parsed.get("stream", "video_paths") == ["dmabuf:XR24:0x0", "system"]
     assert config_mod.parse("").get("stream", "video_paths") == []
     for bad in ('["gl"]', '["system:RGBx"]', '["dmabuf", "dmabuf"]', '"dmabuf"'):
-        with pytest.raises(config_mod.ConfigError, match="stream.video_paths"):
+        with pytest.raises(config_mod.ConfigError, match=r"stream\.video_paths"):
             config_mod.parse(f"[stream]\nvideo_paths = {bad}\n")

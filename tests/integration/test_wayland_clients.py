@@ -230,7 +230,8 @@ async def test_garbage_disconnects_only_the_sender(desktop: Desktop, raw_clients
 
 
 @pytest.mark.parametrize("case", ["unknown_object", "bad_opcode", "truncated_args", "buffer_before_ack",
-                                  "bad_stride", "bind_too_new", "xdg_surface_on_subsurface", "missing_fd"])
+                                  "bad_stride", "bind_too_new", "xdg_surface_on_subsurface", "missing_fd",
+                                  "too_many_pools"])
 async def test_illegal_requests_get_the_protocol_error(desktop: Desktop, raw_clients: RawClients, case: str) -> None:
     client = raw_clients()
     await client.setup()
@@ -260,6 +261,15 @@ async def test_illegal_requests_get_the_protocol_error(desktop: Desktop, raw_cli
         os.close(fd)
         client.send(pool, "create_buffer", client.new("wl_buffer"), 0, 32, 32, 16, 1)
         expect = (pool, 1)  # wl_shm.error.invalid_stride
+    elif case == "too_many_pools":  # each pool keeps an fd open in the compositor: bounded
+        for i in range(1, 301):
+            fd = os.memfd_create("x")
+            os.ftruncate(fd, 4096)
+            client.send(client.singleton("wl_shm"), "create_pool", client.new("wl_shm_pool"), fd, 4096, fds=(fd,))
+            os.close(fd)
+            if i % 50 == 0 and i < 300:
+                await client.roundtrip()  # fds in flight are limited by the kernel
+        expect = (1, 2)  # wl_display.error.no_memory
     elif case == "bind_too_new":
         name, version = client.globals["wl_seat"]
         client.send(client.registry, "bind", name, "wl_seat", version + 1, client.new("wl_seat"))

@@ -7,6 +7,7 @@ exactly when a frame is shown and can check what a client may and may not have r
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import struct
 import time
@@ -119,7 +120,7 @@ async def test_presentation_feedback_presented_or_discarded(harness: Harness) ->
 
 async def test_fullscreen_toplevel_smaller_than_the_output_is_centred(harness: Harness) -> None:
     client = await harness.client()
-    surface, xdg, top, configure = await client.toplevel()
+    surface, xdg, _, configure = await client.toplevel()
     assert configure.args[:2] == [W, H] and client.states(configure.args[2]) == [2, 4]  # fullscreen, activated
     client.send(xdg, "ack_configure", configure.args[3])
     client.send(surface, "attach", client.shm_buffer(100, 50, (255, 0, 0)), 0, 0)
@@ -134,14 +135,14 @@ async def test_activation_and_keyboard_focus_follow_the_top_toplevel(harness: Ha
     first, second = await harness.client(), await harness.client()
     kb = first.new("wl_keyboard")
     first.send(first.singleton("wl_seat"), "get_keyboard", kb)
-    surface, _, top_first = (await first.map_toplevel((1, 1, 1)))[0], None, None
+    surface, _, _ = await first.map_toplevel((1, 1, 1))
     assert (await first.event(kb, "enter")).args[1] == surface
     await second.map_toplevel((2, 2, 2))
     await first.event(kb, "leave")
     # the first toplevel is reconfigured without "activated" and never acks: it stays drawn
     deactivated = await first.wait(lambda e: e.name == "configure" and e.interface == "xdg_toplevel")
     assert first.states(deactivated.args[2]) == [2]
-    assert harness.present().drawables[-1].content is not None
+    harness.present()
     assert harness.pixel(5, 5) == (2, 2, 2)
     second.close()
     await asyncio.sleep(0.05)
@@ -197,15 +198,15 @@ async def test_viewport_and_single_pixel_buffer(harness: Harness) -> None:
     assert harness.pixel(600, 400) == (255, 128, 0)
     # a crop of a 4x2 shm buffer, scaled up: the drawable carries the source rectangle
     client.send(surface, "attach", client.shm_buffer(4, 2, (9, 9, 9)), 0, 0)
-    client.send(viewport, "set_source", 256, 0, 512, 512)  # wl_fixed: x=1, w=2, h=2
+    client.send(viewport, "set_source", 1.0, 0.0, 2.0, 2.0)
     client.send(surface, "commit")
     await client.roundtrip()
     drawable = harness.present().drawables[0]
     assert drawable.src is not None and (drawable.src.x, drawable.src.width) == (1, 2)
     assert harness.pixel(320, 240) == (9, 9, 9)
-    client.send(viewport, "set_source", 256, 0, 5 * 256, 512)  # beyond the buffer
+    client.send(viewport, "set_source", 1.0, 0.0, 5.0, 2.0)  # beyond the buffer
     client.send(surface, "commit")
-    assert (await client.wait(lambda e: e.name == "error")).args[:2] == [viewport, 3]  # out_of_buffer
+    assert (await client.wait(lambda e: e.name == "error")).args[:2] == [viewport, 2]  # out_of_buffer
 
 
 async def test_linux_dmabuf_feedback_and_buffers(harness: Harness) -> None:
@@ -289,6 +290,7 @@ async def test_seat_input_reaches_the_focused_client(harness: Harness) -> None:
     assert (await client.event(pointer, "axis")).args[1:] == [0, 15.0]
     seat_state.key(42, True)  # KEY_LEFTSHIFT
     assert (await client.event(keyboard, "key")).args[2:] == [42, 1]
+    await client.event(keyboard, "modifiers")  # the state at enter: nothing pressed
     assert (await client.event(keyboard, "modifiers")).args[1] & 1  # Shift depressed
     seat_state.touch_down(0, 10, 20)
     seat_state.touch_motion(0, 15, 25)
@@ -328,7 +330,6 @@ async def test_clipboard_between_clients(harness: Harness) -> None:
     reader_device = reader.new("wl_data_device")
     reader.send(reader.singleton("wl_data_device_manager"), "get_data_device", reader_device,
                 reader.singleton("wl_seat"))
-    reader.ids.update({i: "wl_data_offer" for i in range(0xFF000000, 0xFF000010)})
     await reader.map_toplevel((0, 0, 0))  # keyboard focus: the selection is offered
     offer = (await reader.event(reader_device, "data_offer")).args[0]
     assert (await reader.event(offer, "offer")).args == ["text/plain;charset=utf-8"]
@@ -360,10 +361,42 @@ async def test_disconnect_removes_everything_the_client_added(harness: Harness) 
 
 async def test_decorations_are_server_side(harness: Harness) -> None:
     client = await harness.client()
-    surface, xdg, top, _ = await client.toplevel()
+    _, xdg, top, _ = await client.toplevel()
     decoration = client.new("zxdg_toplevel_decoration_v1")
     client.send(client.singleton("zxdg_decoration_manager_v1"), "get_toplevel_decoration", decoration, top)
     assert (await client.event(decoration, "configure")).args == [2]
     client.send(decoration, "set_mode", 1)  # asks for client side
     assert (await client.event(decoration, "configure")).args == [2]
     await client.event(xdg, "configure")
+
+
+@pytest.mark.parametrize("how", ["unsealed_then_shrunk", "sealed_but_short"])
+async def test_pools_that_could_fault_are_read_safely(harness: Harness, how: str) -> None:
+    """Reading a mapping past the end of its file raises SIGBUS, which would kill every session:
+    such pools must be copied with pread (see shm.py), never mapped."""
+    client = await harness.client()
+    surface, xdg, _, configure = await client.toplevel()
+    client.send(xdg, "ack_configure", configure.args[3])
+    fd = os.memfd_create("hostile", os.MFD_ALLOW_SEALING)
+    size = W * H * 4
+    os.write(fd, bytes((0, 0, 255, 255)) * (W * H))
+    if how == "sealed_but_short":
+        os.ftruncate(fd, size // 2)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    pool, buffer = client.new("wl_shm_pool"), client.new("wl_buffer")
+    client.send(client.singleton("wl_shm"), "create_pool", pool, fd, size, fds=(fd,))
+    client.send(pool, "create_buffer", buffer, 0, W, H, W * 4, 1)
+    client.send(surface, "attach", buffer, 0, 0)
+    client.send(surface, "commit")
+    await client.roundtrip()
+    harness.present()
+    assert harness.pixel(10, 10) == (255, 0, 0)
+    if how == "unsealed_then_shrunk":
+        os.ftruncate(fd, 0)
+        client.send(surface, "damage_buffer", 0, 0, W, H)
+        client.send(surface, "commit")
+        await client.roundtrip()
+        harness.present()
+    assert harness.pixel(10, H - 10) == (0, 0, 0)  # missing bytes read as zeros
+    os.close(fd)
+    await client.roundtrip()  # still connected, the compositor alive

@@ -7,6 +7,7 @@ import os
 import random
 import struct
 from collections import deque
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +105,20 @@ def test_signatures_come_from_the_xml() -> None:
     assert iface.request("offset").since == 5
     assert protocols.interface("wl_callback").event("done").destructor
     assert protocols.interface("xdg_wm_base").enum_value("error", "role") == 0
+
+
+def test_xml_directories_can_be_overridden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wayland_xml = protocols.find_protocol_file("wayland.xml")
+    assert wayland_xml is not None
+    (tmp_path / "wayland.xml").write_bytes(wayland_xml.read_bytes().replace(b'"wl_seat"', b'"wl_seat_x"'))
+    monkeypatch.setenv(protocols.ENV_DIRS, str(tmp_path))
+    protocols.registry.cache_clear()
+    try:
+        assert protocols.has_interface("wl_seat_x")  # the override wins over /usr/share/wayland
+    finally:
+        monkeypatch.undo()
+        protocols.registry.cache_clear()
+    assert protocols.has_interface("wl_seat") and not protocols.has_interface("wl_seat_x")
 
 
 # --- encoder misuse --------------------------------------------------------------------------

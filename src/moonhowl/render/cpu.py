@@ -44,8 +44,19 @@ class CpuRenderer:
         self._warned: set[str] = set()
 
     def render(self, scene: Scene) -> bytes:
+        drawables = scene.drawables
+        # Whatever lies under the topmost opaque drawable covering the output is never seen.
+        for i in range(len(drawables) - 1, -1, -1):
+            d = drawables[i]
+            if d.opaque and d.x <= 0 and d.y <= 0 and d.x + d.width >= self.width and d.y + d.height >= self.height:
+                drawables = drawables[i:]
+                break
+        if len(drawables) == 1 and scene.cursor is None:
+            whole = self._whole_frame(drawables[0])
+            if whole is not None:
+                return whole
         out = bytearray(self.width * self.height * BPP)
-        for drawable in scene.drawables:
+        for drawable in drawables:
             self._draw(out, drawable)
         if scene.cursor is not None:
             self._draw_cursor(out, scene.cursor)
@@ -73,6 +84,15 @@ class CpuRenderer:
                 keep = 255 - a
                 for c in range(3):
                     out[o + c] = min(255, data[s + c] + (out[o + c] * keep + 127) // 255)
+
+    def _whole_frame(self, d: Drawable) -> bytes | None:
+        """The common fullscreen case, one copy: a buffer exactly the output, rows contiguous."""
+        c = d.content
+        if (isinstance(c, ShmContent) and c.format in (WL_SHM_FORMAT_ARGB8888, WL_SHM_FORMAT_XRGB8888)
+                and (d.x, d.y, d.width, d.height) == (0, 0, self.width, self.height) and d.src is None
+                and (c.width, c.height, c.stride) == (self.width, self.height, self.width * BPP)):
+            return bytes(c.data[c.offset:c.offset + self.width * self.height * BPP])
+        return None
 
     def _warn_once(self, what: str) -> None:
         if what not in self._warned:

@@ -106,6 +106,7 @@ class Desktop:
         self._thread: threading.Thread | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._stopping = False
 
     async def start(self) -> None:
@@ -127,6 +128,8 @@ class Desktop:
         await asyncio.wrap_future(ready)
         with self._jobs_lock:
             self._closed = self._stopping
+        # The apps belong to this desktop only: no X server, no host Wayland socket, none of the
+        # host's own GL settings leaking in (an app's configured env may still set them).
         base_env = {k: v for k, v in os.environ.items() if k not in _HOST_ONLY_ENV}
         env = {**base_env, **self.extra_env, **self.app.env, "WAYLAND_DISPLAY": socket_name,
                "XDG_RUNTIME_DIR": str(self.runtime_dir), "XDG_SESSION_TYPE": "wayland"}
@@ -155,6 +158,9 @@ class Desktop:
         raised, DesktopClosed, TimeoutError, or CancelledError when the desktop stops meanwhile.
         Never call it on the loop's thread (the snapshot comes from there) or the render thread.
         """
+        if threading.get_ident() == self._loop_thread or threading.current_thread() is self._thread:
+            # Either would wait for itself until the timeout: fail at once, loudly.
+            raise RuntimeError("render_frame() called on the loop's or the render thread")
         future: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
         with self._jobs_lock:
             if self._closed:
@@ -257,7 +263,6 @@ class Desktop:
         try:
             from moonhowl.render.gl import shared_egl
             from moonhowl.render.renderer import GlRenderer
-
             from moonhowl.wayland.scene import Scene
 
             renderer: Any = GlRenderer(self.width, self.height)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import fcntl
 import os
 import socket
 import struct
@@ -67,7 +68,12 @@ class WireClient:
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(self.sock.fileno(), lambda: ready.done() or ready.set_result(None))
+
+        def readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self.sock.fileno(), readable)
         try:
             await ready
         finally:
@@ -91,10 +97,13 @@ class WireClient:
         for raw in self.decoder:
             name = self.ids.get(raw.object_id)
             if name is None:
-                continue  # a server-created object (wl_data_offer...) we do not track
+                continue  # an object we never heard of (or already destroyed)
             message = protocols.interface(name).events[raw.opcode]
             args = self.decoder.decode(message.signature, raw.body)
             event_fds = [a for a, arg in zip(args, message.args, strict=False) if arg.type == "fd"]
+            for value, arg in zip(args, message.args, strict=False):
+                if arg.type == "new_id" and arg.interface:  # a server-created object (wl_data_offer)
+                    self.ids[value] = arg.interface
             self.events.append(Event(raw.object_id, name, message.name, args, event_fds))
             if message.destructor:
                 self.ids.pop(raw.object_id, None)
@@ -152,11 +161,14 @@ class WireClient:
         self.send(self.singleton("wl_compositor"), "create_surface", surface)
         return surface
 
-    def shm_buffer(self, width: int, height: int, rgb: tuple[int, int, int]) -> int:
-        """An XRGB8888 buffer filled with one colour (its own pool)."""
-        fd = os.memfd_create("moonhowl-wire-client", os.MFD_CLOEXEC)
+    def shm_buffer(self, width: int, height: int, rgb: tuple[int, int, int], seal: bool = True) -> int:
+        """An XRGB8888 buffer filled with one colour (its own pool), in a memfd sealed against
+        shrinking like real toolkits' (seal=False exercises the compositor's copying path)."""
+        fd = os.memfd_create("moonhowl-wire-client", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.write(fd, bytes((rgb[2], rgb[1], rgb[0], 255)) * (width * height))
+            if seal:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
             pool = self.new("wl_shm_pool")
             self.send(self.singleton("wl_shm"), "create_pool", pool, fd, width * height * 4, fds=(fd,))
         finally:

@@ -228,6 +228,8 @@ class Surface(Resource):
 
     def apply(self, state: SurfaceState) -> None:
         visible_change = state.damaged
+        if state.buffer is not UNSET and state.buffer is not None and state.buffer.destroyed:
+            state.buffer = None  # destroyed between attach and commit (wlroots does the same)
         if state.buffer is not UNSET and state.buffer is not self.buffer:
             old = self.buffer
             self.buffer = state.buffer

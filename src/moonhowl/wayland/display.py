@@ -150,9 +150,11 @@ class Compositor:
     def next_serial(self) -> int:
         return self.server.next_serial()
 
-    def mark_damaged(self) -> None:
+    def mark_damaged(self, layout: bool = True) -> None:
+        """Something visible changed; layout=False when only the cursor moved or changed."""
         self._damaged = True
-        self._layout_cache = None
+        if layout:
+            self._layout_cache = None
         if self._updated is not None:
             self._updated.set()
 
@@ -161,6 +163,7 @@ class Compositor:
             self.mark_damaged()
             if surface.buffer is not None:
                 surface.enter_outputs()
+            self.seat.refresh_pointer_focus()  # a surface may have grown under the pointer
         if surface.frame_callbacks or surface.feedbacks:
             self._frame_requested = True
             if self._updated is not None:
@@ -208,9 +211,10 @@ class Compositor:
         self.seat.refresh_pointer_focus()
 
     def _keyboard_target(self) -> Surface | None:
-        if not self.toplevels:
+        alive = [t for t in self.toplevels if not t.surface.destroyed]
+        if not alive:
             return None
-        top = self.toplevels[-1]
+        top = alive[-1]
         grabbing = [p for p in self._popups(top.xdg) if p.grabbed]
         return grabbing[-1].surface if grabbing else top.surface
 
@@ -371,6 +375,11 @@ class Compositor:
         for feedback in record.feedbacks:
             feedback.presented(time_ns, refresh_ns, self._msc, PRESENTATION_VSYNC, self.output_resources)
         self._release(record)
+
+    def close_windows(self) -> None:
+        """Asks every toplevel to close (xdg_toplevel.close), e.g. when the session ends."""
+        for toplevel in self.toplevels[:]:
+            toplevel.close()
 
     def discard(self, scene: Scene) -> None:
         """The session dropped `scene` without showing it; its callbacks wait for the next one."""

@@ -114,6 +114,7 @@ class BufferParams(Resource):
         if plane_idx in self.planes:
             os.close(fd)
             raise self.error("plane_set", f"plane {plane_idx} already set")
+        self.client.hold_fd(fd)
         self.planes[plane_idx] = (fd, offset, stride, (modifier_hi << 32) | modifier_lo)
 
     def _validate(self, width: int, height: int, fmt: int) -> str | None:
@@ -166,6 +167,7 @@ class BufferParams(Resource):
     def on_destroyed(self) -> None:
         for fd, *_ in self.planes.values():
             os.close(fd)
+            self.client.release_fd()
         self.planes.clear()
 
 

@@ -51,7 +51,7 @@ class CursorRole(Role):
     def post_commit(self, surface: Surface) -> None:
         cursor = self.seat.cursor
         if cursor is not None and cursor[0] is surface:
-            self.seat.desktop.mark_damaged()
+            self.seat.desktop.mark_damaged(layout=False)
 
 
 class Seat:
@@ -110,7 +110,7 @@ class Seat:
         self.pointer_focus = surface
         if self.cursor is not None and (surface is None or self.cursor[0].client is not surface.client):
             self.cursor = None
-            self.desktop.mark_damaged()
+            self.desktop.mark_damaged(layout=False)
         if target is not None:
             surface, sx, sy = target
             serial = self.desktop.next_serial()
@@ -158,7 +158,7 @@ class Seat:
                     touched.append(p)
         self._pointer_frame(touched)
         if self.cursor is not None:
-            self.desktop.mark_damaged()
+            self.desktop.mark_damaged(layout=False)
 
     def refresh_pointer_focus(self) -> None:
         """The scene changed under a still pointer: re-evaluate what it is over."""
@@ -386,7 +386,7 @@ class Pointer(_Device):
             seat.cursor = (surface, hotspot_x, hotspot_y)
         else:
             seat.cursor = None
-        seat.desktop.mark_damaged()
+        seat.desktop.mark_damaged(layout=False)
 
 
 class Keyboard(_Device):

@@ -27,9 +27,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any
 
 from moonhowl.wayland import protocols, wire
+from moonhowl.wayland.resource import Inert, NewId, Resource, ResourceError
+
+__all__ = ["Callback", "Client", "Global", "Inert", "NewId", "Resource", "ResourceError", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,11 @@ REQUESTS_PER_TICK = 256
 # ("failed to flush"); 4 MiB is thousands of frames' worth of ordinary events.
 MAX_OUT_BYTES = 4 * 1024 * 1024
 MAX_CLIENTS = 128
+# Per client: objects (a client allocating without end must not exhaust the host's memory) and
+# fds kept open on its behalf (shm pools, dmabuf planes: the process's fd table is shared by all
+# sessions). GTK, Qt and foot stay far below both.
+MAX_OBJECTS = 1 << 18
+MAX_HELD_FDS = 256
 LINGER_S = 1.0
 
 # wl_display.error codes (wayland.xml, wl_display.error enum)
@@ -53,104 +61,6 @@ INVALID_OBJECT = 0
 INVALID_METHOD = 1
 NO_MEMORY = 2
 IMPLEMENTATION = 3
-
-
-class NewId(NamedTuple):
-    """A new_id argument: the handler creates a Resource for it (Resource(client, new_id))."""
-
-    id: int
-    interface: str
-    version: int
-
-
-class ResourceError(Exception):
-    """Raised by a handler: the client broke the protocol on `resource`; it is disconnected."""
-
-    def __init__(self, resource: Resource, code: int, message: str) -> None:
-        super().__init__(f"{resource}: error {code}: {message}")
-        self.resource = resource
-        self.code = code
-        self.message = message
-
-
-class Resource:
-    """One Wayland object of one client. Subclasses set `interface` and define on_<request>."""
-
-    interface: ClassVar[str | None] = None
-
-    def __init__(self, client: Client, new: NewId) -> None:
-        name = type(self).interface or new.interface
-        if type(self).interface and new.interface != type(self).interface:
-            raise ValueError(f"{type(self).__name__} is {type(self).interface}, not {new.interface}")
-        self.client = client
-        self.id = new.id
-        self.version = new.version
-        self.iface = protocols.interface(name)
-        self.destroyed = False
-        self._destroy_listeners: list[Callable[[Resource], None]] = []
-        client._register(self)
-
-    def __repr__(self) -> str:
-        return f"{self.iface.name}@{self.id}"
-
-    # --- events -----------------------------------------------------------------------------
-    def send(self, event: str, *args: Any) -> None:
-        """Queues an event; Resource arguments become ids, fds are dup()ed (the caller keeps its)."""
-        message = self.iface.event(event)
-        if message.since > self.version:
-            raise RuntimeError(f"{self}: event {event} needs version {message.since}, bound {self.version}")
-        if self.destroyed or self.client.closed:
-            return
-        values = list(args)
-        for i, arg in enumerate(message.args):
-            if arg.type in ("object", "new_id"):
-                value = values[i]
-                # Resources become ids; a bare int id is accepted (wl_display.error of a dead object).
-                values[i] = 0 if value is None else value if isinstance(value, int) else value.id
-        self.client.send_message(self.id, message.opcode, message.signature, values)
-
-    def can_send(self, event: str) -> bool:
-        return self.iface.event(event).since <= self.version and not self.destroyed
-
-    # --- errors -----------------------------------------------------------------------------
-    def error(self, code: str | int, message: str, enum_of: str | None = None) -> ResourceError:
-        """A ResourceError to raise; `code` is an entry of the "error" enum of this interface (or
-        of `enum_of`: wl_shm_pool reports wl_shm's errors, as libwayland does)."""
-        if isinstance(code, str):
-            iface = protocols.interface(enum_of) if enum_of else self.iface
-            code = iface.enum_value("error", code)
-        return ResourceError(self, code, message)
-
-    # --- lifetime ---------------------------------------------------------------------------
-    def add_destroy_listener(self, callback: Callable[[Resource], None]) -> None:
-        self._destroy_listeners.append(callback)
-
-    def remove_destroy_listener(self, callback: Callable[[Resource], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._destroy_listeners.remove(callback)
-
-    def destroy(self) -> None:
-        """Removes the object (wl_resource_destroy): hooks run, the client learns delete_id."""
-        if self.destroyed:
-            return
-        self.destroyed = True
-        try:
-            self.on_destroyed()
-        finally:
-            for callback in self._destroy_listeners[:]:
-                try:
-                    callback(self)
-                except Exception:
-                    log.exception("destroy listener of %s failed", self)
-            self._destroy_listeners.clear()
-            self.client._unregister(self)
-
-    def on_destroyed(self) -> None:
-        """Override: undo whatever this object added (called once, also on disconnect)."""
-
-
-class Inert(Resource):
-    """Stands in for a new id a handler chose not to implement: accepts and ignores requests."""
 
 
 @dataclass
@@ -187,6 +97,7 @@ class Client:
         self._sock_closed = False
         self._destroy_listeners: list[Callable[[Client], None]] = []
         self._created: set[int] = set()  # ids registered during the current dispatch
+        self.held_fds = 0
         self.display = Display(self, NewId(1, "wl_display", 1))
         self._start_reading()
 
@@ -197,6 +108,8 @@ class Client:
     def _register(self, resource: Resource) -> None:
         if resource.id in self.objects:
             raise ResourceError(self.display, INVALID_OBJECT, f"id {resource.id} is already in use")
+        if len(self.objects) >= MAX_OBJECTS:
+            raise ResourceError(self.display, NO_MEMORY, f"more than {MAX_OBJECTS} objects")
         self.objects[resource.id] = resource
         self._created.add(resource.id)
 
@@ -219,6 +132,17 @@ class Client:
 
     def add_destroy_listener(self, callback: Callable[[Client], None]) -> None:
         self._destroy_listeners.append(callback)
+
+    def hold_fd(self, fd: int) -> None:
+        """Accounts for an fd kept on this client's behalf (closes it and raises when over budget);
+        whoever closes it later calls release_fd()."""
+        if self.held_fds >= MAX_HELD_FDS:
+            os.close(fd)
+            raise ResourceError(self.display, NO_MEMORY, f"more than {MAX_HELD_FDS} fds held (pools, dmabufs)")
+        self.held_fds += 1
+
+    def release_fd(self) -> None:
+        self.held_fds -= 1
 
     # --- reading and dispatch ---------------------------------------------------------------
     def _start_reading(self) -> None:
@@ -306,14 +230,16 @@ class Client:
             return
         self._created.clear()
         try:
-            args, new_ids = self._resolve(resource, message, values)
+            try:
+                args, new_ids = self._resolve(resource, message, values)
+            except ResourceError:
+                self._close_fd_args(message, values)  # the handler never saw them
+                raise
             handler = getattr(resource, "on_" + message.name, None)
             if handler is not None:
                 handler(*args)
             else:
-                for arg, value in zip(message.args, args, strict=False):
-                    if arg.type == "fd":
-                        os.close(value)
+                self._close_fd_args(message, args)
                 if not message.destructor:
                     log.debug("%s: request %s ignored", resource, message.name)
             if message.destructor:
@@ -322,10 +248,20 @@ class Client:
                 if new.id not in self._created and not self.closed:
                     Inert(self, new)
         except ResourceError as exc:
-            self.post_error(exc.resource, exc.code, exc.message)
+            # Usually this client; another one if a handler created an object for it (data offer).
+            exc.resource.client.post_error(exc.resource, exc.code, exc.message)
         except Exception:
             log.exception("%s: handler for %s.%s failed", self, resource, message.name)
             self.post_error(self.display, IMPLEMENTATION, f"internal error in {resource}.{message.name}")
+
+    @staticmethod
+    def _close_fd_args(message: protocols.Message, values: list[Any]) -> None:
+        """fd arguments belong to the handler; these are the ones no handler took. (Values and
+        args line up: the only untyped new_id, wl_registry.bind's, comes with no fd.)"""
+        for arg, value in zip(message.args, values, strict=False):
+            if arg.type == "fd":
+                with contextlib.suppress(OSError):
+                    os.close(value)
 
     def _resolve(self, resource: Resource, message: protocols.Message,
                  values: list[Any]) -> tuple[list[Any], list[NewId]]:

@@ -15,6 +15,7 @@ import logging
 import mmap
 import os
 import stat
+import sys
 import weakref
 
 from moonhowl.wayland.buffer import Buffer
@@ -31,11 +32,13 @@ MAX_POOL_SIZE = 1 << 30
 class PoolMemory:
     """The bytes of one wl_shm_pool: a read-only mapping when safe, else pread on demand."""
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, client: Client) -> None:
         self.fd = fd
         self.size = 0
         self.map: mmap.mmap | None = None
-        weakref.finalize(self, os.close, fd)
+        client.hold_fd(fd)
+        # Buffers outlive their pool (wayland.xml): the fd goes when the last user does.
+        weakref.finalize(self, _close_held, fd, client)
         self.resize(size)
 
     def _safe_to_map(self, size: int) -> bool:
@@ -50,13 +53,20 @@ class PoolMemory:
         self.size = size
         self.map = None
         if self._safe_to_map(size):
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            # trackfd=False (3.13+): the mapping does not keep a second fd of its own.
+            extra = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ, **extra)
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
         if len(data) < length:  # the file is shorter than the client said: zeros, like libwayland
             data += bytes(length - len(data))
         return data
+
+
+def _close_held(fd: int, client: Client) -> None:
+    os.close(fd)
+    client.release_fd()
 
 
 class Shm(Resource):
@@ -74,10 +84,13 @@ class Shm(Resource):
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError("not a regular file")
-            memory = PoolMemory(fd, size)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             os.close(fd)
             raise self.error("invalid_fd", f"cannot use pool fd: {exc}") from None
+        try:
+            memory = PoolMemory(fd, size, self.client)
+        except (OSError, ValueError) as exc:  # the fd is closed by the pool's finalizer
+            raise self.error("invalid_fd", f"cannot map pool fd: {exc}") from None
         ShmPool(self.client, new, memory)
 
 

@@ -126,7 +126,13 @@ class XdgSurface(Resource, Role):
         self.popups: list[XdgPopup] = []
         self.is_mapped = False
         self._configure_scheduled = False
+        surface.add_destroy_listener(self._surface_destroyed)
 
+    def _surface_destroyed(self, _: Resource) -> None:
+        # Clients must destroy the xdg_surface first (xdg-shell.xml), but a dying client tears
+        # objects down in any order: the window just disappears.
+        if self.is_mapped:
+            self._unmap()
     # --- requests ---------------------------------------------------------------------------
     def on_get_toplevel(self, new: NewId) -> None:
         self._check_constructable()
@@ -231,6 +237,7 @@ class XdgSurface(Resource, Role):
             raise self.error("defunct_role_object", f"{self} destroyed before its role object")
 
     def on_destroyed(self) -> None:
+        self.surface.remove_destroy_listener(self._surface_destroyed)
         if self.is_mapped:
             self._unmap()
         self.surface.clear_role_object(self)
@@ -249,6 +256,7 @@ class XdgToplevel(Resource):
         self.app_id = ""
         self.parent: XdgToplevel | None = None
         self.decoration: Resource | None = None  # zxdg_toplevel_decoration_v1 (extras.py)
+        self._capabilities_sent = False
 
     @property
     def surface(self) -> Surface:
@@ -258,8 +266,10 @@ class XdgToplevel(Resource):
         width, height = self.desktop.width, self.desktop.height
         if self.version >= 4:
             self.send("configure_bounds", width, height)
-        if self.version >= 5:
-            # No window menu, maximize or minimize: clients hide those buttons.
+        if self.version >= 5 and not self._capabilities_sent:
+            # Before the first configure (xdg-shell.xml): no window menu, maximize, minimize or
+            # fullscreen toggle to offer, so clients hide those buttons.
+            self._capabilities_sent = True
             self.send("wm_capabilities", b"")
         states = [STATE_FULLSCREEN]
         if self.desktop.is_activated(self):
