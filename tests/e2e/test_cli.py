@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import client_for, pair
 
 from moonhowl.client.identity import ClientIdentity
 from moonhowl.client.stream import StreamSession
+from tests.conftest import client_for, pair
 
 pytestmark = pytest.mark.e2e
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.conftest import client_for, pair
 
 from moonhowl.client.identity import ClientIdentity
 from moonhowl.client.stream import StreamSession
 from moonhowl.media.glib import Gst, init
 from moonhowl.protocol import control
+from tests.conftest import client_for, pair
 
 pytestmark = pytest.mark.e2e
 

@@ -9,11 +9,11 @@ import re
 import shutil
 
 import pytest
-from tests.conftest import client_for, pair
 
 from moonhowl.client.identity import ClientIdentity
 from moonhowl.client.stream import StreamSession
 from moonhowl.protocol import input as inp
+from tests.conftest import client_for, pair
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +76,27 @@ async def test_keys_pointer_and_scroll_reach_a_wayland_app(start_host, h264_enco
     assert f"button: {BTN_LEFT}, state: pressed" in log and f"button: {BTN_LEFT}, state: released" in log
     # Moonlight's +120 is one detent up: Wayland's axis goes negative.
     assert "axis discrete axis: 0 value: -1" in log and "axis: vertical, value: -15.0" in log, log
+
+
+@pytest.mark.skipif(shutil.which("foot") is None, reason="foot not installed")
+async def test_text_typed_into_the_terminal_shows_in_the_stream(start_host, h264_encoder):
+    from moonhowl.client.keyboard import type_events
+    from tests.e2e.test_desktop import dominant_colour
+
+    config = '[[apps]]\ntitle = "Desktop"\nkind = "desktop"\ncommand = ["foot"]\nenv = { SHELL = "/bin/sh" }\n'
+    host = await start_host(encoders=h264_encoder, config_text=config, rtsp_port=0, control_port=0, video_port=0,
+                            audio_port=0)
+    client = client_for(host, ClientIdentity.generate())
+    await pair(host, client)
+    session = await StreamSession.start(client, 1, 640, 480, 30)
+    await asyncio.sleep(2.5)  # the terminal and its shell start
+    before, _ = dominant_colour(session._decoder.last_frame())
+    # Typed key by key: a command that turns the terminal's background red (OSC 11).
+    for event in type_events("printf '\\033]11;#ff0000\\007'\n"):
+        session.send_input(event)
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(1.5)
+    after, share = dominant_colour(session._decoder.last_frame())
+    await session.stop(cancel_app=True)
+    assert before != after
+    assert after[0] >= 0xE0 and after[1] <= 0x10 and after[2] <= 0x10 and share > 0.6, (before, after, share)

@@ -7,12 +7,12 @@ import socket
 import time
 
 import pytest
-from tests.conftest import client_for, pair
 
 from moonhowl.client.identity import ClientIdentity
 from moonhowl.client.stream import StreamSession
 from moonhowl.protocol import control
 from moonhowl.protocol.video import VideoPacket
+from tests.conftest import client_for, pair
 
 pytestmark = pytest.mark.e2e
 

@@ -8,9 +8,9 @@ import stat
 
 import aiohttp
 import pytest
-from tests.conftest import client_for
 
 from moonhowl.api.server import openapi_document
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.integration
 

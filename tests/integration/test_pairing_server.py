@@ -9,11 +9,11 @@ import stat
 
 import aiohttp
 import pytest
-from tests.conftest import client_for, enter_pin_when_asked, pair
 
 from moonhowl.client.gamestream import GameStreamError, PairingFailed
 from moonhowl.client.identity import ClientIdentity
 from moonhowl.protocol import xml
+from tests.conftest import client_for, enter_pin_when_asked, pair
 
 pytestmark = pytest.mark.integration
 
