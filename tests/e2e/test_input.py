@@ -7,6 +7,8 @@ import asyncio
 import logging
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,25 @@ async def test_text_typed_into_the_terminal_shows_in_the_stream(start_host, h264
     await session.stop(cancel_app=True)
     assert before != after
     assert after[0] >= 0xE0 and after[1] <= 0x10 and after[2] <= 0x10 and share > 0.6, (before, after, share)
+
+
+async def test_touch_reaches_a_wayland_app(start_host, h264_encoder, caplog):
+    caplog.set_level(logging.INFO)
+    app = Path(__file__).resolve().parents[1] / "apps" / "touch_logger.py"
+    config = f'[[apps]]\ntitle = "Desktop"\nkind = "desktop"\ncommand = ["{sys.executable}", "{app}"]\n'
+    _host, session = await start(start_host, h264_encoder, config, app_id=1)
+    for _ in range(100):  # until the app has mapped its window
+        if any("app: mapped" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.05)
+    # Normalised coordinates over the video area, as Moonlight sends them (SS_TOUCH).
+    session.send_input(inp.Touch(inp.TOUCH_DOWN, 7, 0.5, 0.5, 1.0))
+    session.send_input(inp.Touch(inp.TOUCH_MOVE, 7, 0.25, 0.75, 1.0))
+    session.send_input(inp.Touch(inp.TOUCH_UP, 7, 0.25, 0.75, 0.0))
+    await asyncio.sleep(1.0)
+    await session.stop(cancel_app=True)
+    lines = [r.getMessage().split("app: ", 1)[1] for r in caplog.records if "app: touch" in r.getMessage()]
+    downs = [line for line in lines if line.startswith("touch down")]
+    assert len(downs) == 1 and re.fullmatch(r"touch down id=\d+ x=3(19|20)\.\d y=2(39|40)\.\d", downs[0]), lines
+    assert any(re.fullmatch(r"touch motion id=\d+ x=1(59|60)\.\d y=3(59|60)\.\d", line) for line in lines), lines
+    assert any(line.startswith("touch up") for line in lines) and "touch frame" in lines, lines
