@@ -70,3 +70,16 @@ async def test_toolkit_app_colour_is_streamed(start_host, h264_encoder, toolkit,
     colour, share = dominant_colour(frame)
     expected = (0x20, 0x80, 0xE0)
     assert share > 0.5 and all(abs(c - e) <= 24 for c, e in zip(colour, expected, strict=True)), (colour, share)
+
+
+@pytest.mark.skipif(shutil.which("weston-simple-egl") is None, reason="weston-simple-egl not installed")
+async def test_weston_simple_egl_triangle_is_streamed(start_host, h264_encoder):
+    stats, _server, frame = await stream_desktop(start_host, h264_encoder, ["weston-simple-egl"])
+    assert stats.error is None and stats.decoded_frames > 30, stats
+    width, height, rgb = frame
+    lit = 0
+    for y in range(height // 4, 3 * height // 4, 8):  # the spinning triangle covers the middle
+        for x in range(width // 4, 3 * width // 4, 8):
+            i = (y * width + x) * 3
+            lit += max(rgb[i:i + 3]) > 64
+    assert lit > 100, lit
