@@ -641,3 +641,23 @@ def test_gbm_without_render_node_is_a_clear_error() -> None:
         GbmAllocator()
     # The default choice moves on to the memfd allocator.
     assert isinstance(default_allocator(), MemfdAllocator)
+
+
+def test_render_to_skips_a_buffer_that_already_shows_an_unchanged_scene(make_renderer: Any) -> None:
+    # An idle desktop: nothing damaged, and this swapchain buffer already holds the picture.
+    renderer = make_renderer(100, 60)
+    first, second = MemfdAllocator().allocate(100, 60, XR24), MemfdAllocator().allocate(100, 60, XR24)
+    try:
+        fill(first, bgra(1, 1, 1))
+        renderer.render_to(sample_scene(100, 60), first)
+        reused = renderer.stats.reused
+        idle = scene_of(100, 60, sample_scene(100, 60).drawables, damaged=False)
+        renderer.render_to(idle, first)
+        assert renderer.stats.reused == reused + 1
+        # Another buffer of the swapchain has not seen the picture yet: it is drawn.
+        fill(second, bgra(1, 1, 1))
+        renderer.render_to(idle, second)
+        assert renderer.stats.reused == reused + 1
+    finally:
+        first.release()
+        second.release()
