@@ -8,6 +8,16 @@ negotiate their own caps and memory:
 
     moonhowlsrc name=src ... ! queue (2 buffers, leaky downstream) ! <chain> ! appsink name=sink
 
+The test pattern flashes while the "Test pattern" app's beep sounds (media/audio.py
+beep_active: 50 ms at every whole second of running time), so that a user, the tests and
+bench/av_sync.py can see audio/video sync end to end: a white band across the middle half of the
+picture, drawn by the capture-time probe into the frame videotestsrc has just made (copies of a
+white row per plane, about 1.5 MB at 1080p I420, only on the flash's frames). The bars keep
+moving above and below it, so the flash frames cost the encoder about what the others do. Both
+pipelines of a session share one time base: the system clock (CLOCK_MONOTONIC, as the audio
+pipeline uses) and the same base time (``base_time_ns``), so a running time means the same
+instant in both.
+
 Threads: the appsink callback and the capture-time pad probe run on GStreamer streaming threads;
 bus messages arrive on the process's GLib loop thread (glib.get_loop_thread()). Neither may block:
 on_frame and on_error are expected to hand over with loop.call_soon_threadsafe. Everything that
@@ -26,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from moonhowl.media.audio import beep_active
 from moonhowl.media.encoders import EncoderSpec
 from moonhowl.media.glib import GLib, Gst, GstApp, GstVideo, get_loop_thread, init
 
@@ -79,6 +90,20 @@ STOP_TIMEOUT_S = 3.0
 
 _BITRATE_RE = re.compile(r"([\w-]+)=\{(kbps|bps)\}")
 
+TEST_PATTERN = "test-pattern"
+# The flash: a white band over the middle half of the picture's height (full width, so that it
+# is one contiguous run of rows in every plane: one copy per plane).
+_FLASH_TOP, _FLASH_BOTTOM = 0.25, 0.75
+
+
+@dataclass(frozen=True)
+class _FlashPlane:
+    index: int
+    first_row: int  # the band's rows in this plane (subsampled planes have fewer)
+    end_row: int
+    row: bytes  # one white row of this plane, as long as the plane's default stride
+    band: bytes  # the band's rows at that stride, copied in one go
+
 
 class PipelineError(RuntimeError):
     """The pipeline cannot be built or started."""
@@ -128,6 +153,40 @@ def _percentile(ordered: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _flash_planes(caps: Gst.Caps) -> list[_FlashPlane]:
+    """Where the flash goes in a frame of these caps, and a white row of each plane.
+
+    The white rows come from videotestsrc itself (pattern=white, four rows of the same format,
+    width and colorimetry), which knows every raw format's layout and range; this runs once per
+    caps, on the first frame.
+    """
+    info = GstVideo.VideoInfo.new_from_caps(caps)
+    text = re.sub(r"height=\(int\)\d+", "height=(int)4", caps.to_string())
+    white = Gst.parse_launch(f"videotestsrc pattern=white num-buffers=1 ! {text} ! appsink name=sink sync=false")
+    try:
+        white.set_state(Gst.State.PLAYING)
+        sample = white.get_by_name("sink").try_pull_sample(5 * Gst.SECOND)
+        if sample is None:
+            raise RuntimeError(f"no white frame for {text}")
+        template = GstVideo.VideoInfo.new_from_caps(sample.get_caps())
+        buffer = sample.get_buffer()
+        pixels = buffer.extract_dup(0, buffer.get_size())
+    finally:
+        white.set_state(Gst.State.NULL)
+    finfo = info.finfo
+    # Multiples of 4 rows keep the band on whole rows of every subsampled plane.
+    top = int(info.height * _FLASH_TOP) // 4 * 4
+    bottom = int(info.height * _FLASH_BOTTOM) // 4 * 4
+    planes = []
+    for index in range(finfo.n_planes):
+        component = next(c for c in range(finfo.n_components) if finfo.plane[c] == index)
+        sub = finfo.h_sub[component]
+        stride, offset = template.stride[index], template.offset[index]
+        row = pixels[offset:offset + stride]
+        planes.append(_FlashPlane(index, top >> sub, bottom >> sub, row, row * ((bottom - top) >> sub)))
+    return planes
+
+
 class VideoPipeline:
     """source ! leaky queue ! encoder ! appsink; see the module docstring.
 
@@ -135,13 +194,22 @@ class VideoPipeline:
     one source element named "src" that fixes its own caps (moonhowlsrc negotiates memory and
     format with what follows, so no raw-caps filter may come between), and `chain` replaces the
     spec's own fragment with a chains.chain_for() fragment for that memory.
+
+    `base_time_ns` (time.monotonic_ns() of running time 0, e.g. the session's start instant; may
+    lie in the past) puts the pipeline on the system clock with that base time, so its running
+    time is the audio pipeline's given the same value. `flash` (default: on for the test pattern)
+    paints white the frames that the test tone's beep falls on; see the module docstring.
     """
 
     def __init__(self, width: int, height: int, fps: int, spec: EncoderSpec, bitrate_kbps: int,
                  on_frame: Callable[[EncodedFrame], None], on_error: Callable[[str], None],
-                 source: str = "test-pattern", *, source_element: str | None = None,
-                 chain: str | None = None) -> None:
+                 source: str = TEST_PATTERN, *, source_element: str | None = None,
+                 chain: str | None = None, base_time_ns: int | None = None, flash: bool | None = None) -> None:
         init()
+        if flash is None:
+            flash = source == TEST_PATTERN and source_element is None
+        elif flash and (source != TEST_PATTERN or source_element is not None):
+            raise ValueError("only the test pattern can flash")
         self.width, self.height, self.fps = width, height, fps
         self.spec = spec
         self.bitrate_kbps = bitrate_kbps
@@ -162,6 +230,17 @@ class VideoPipeline:
         self._sink: GstApp.AppSink = sink
         self.source: Gst.Element = src
         self._encoder: Gst.Element | None = pipeline.get_by_name("enc")
+        self._base_time_ns = base_time_ns
+        self._flash = flash
+        self._flash_caps: Gst.Caps | None = None  # what _flash_planes were made for
+        self._flash_planes: list[_FlashPlane] = []
+        self._flash_errors = 0
+        self._frame_ns = 1_000_000_000 // fps  # for a frame without a duration (videotestsrc sets one)
+        if flash or base_time_ns is not None:
+            # CLOCK_MONOTONIC, like the audio pipeline (media/audio.py): running time + base time is
+            # time.monotonic_ns() in both. (The default clock would be the same system clock here,
+            # but only as long as no element in the pipeline offered its own.)
+            pipeline.use_clock(Gst.SystemClock.obtain())
 
         self._lock = threading.Lock()  # guards the stamps, counters and state flags below
         # Running time -> monotonic ns, in insertion (time) order. Keyed by running time, not PTS:
@@ -196,6 +275,11 @@ class VideoPipeline:
             if self._started:
                 return
             self._started = True
+        if self._base_time_ns is not None:
+            # Without a start time the pipeline keeps the base time we set instead of taking the
+            # clock's time at PLAYING.
+            self._pipeline.set_start_time(Gst.CLOCK_TIME_NONE)
+            self._pipeline.set_base_time(self._base_time_ns)
         get_loop_thread().add_bus_watch(self._pipeline.get_bus(), self._on_bus_message)
         result = self._pipeline.set_state(Gst.State.PLAYING)
         if result == Gst.StateChangeReturn.FAILURE:
@@ -246,6 +330,20 @@ class VideoPipeline:
                       self.spec.codec, self.spec.name, timeout)
             return False
         return True
+
+    @staticmethod
+    def _flash_due(running_ns: int, duration_ns: int) -> bool:
+        # A frame stands for [pts, pts + duration): it flashes when its middle falls in the beep,
+        # so the flash starts on the frame nearest the beep's start, at most half a frame early or
+        # late. The frames cannot be put on the whole-second grid itself: basesrc stamps a live
+        # source's first frame with the running time at which it happens to come out (whatever
+        # timestamp-offset says), and every later one 1/fps after it.
+        return beep_active(running_ns + duration_ns // 2)
+
+    @property
+    def base_time_ns(self) -> int:
+        """time.monotonic_ns() of running time 0 (valid once started)."""
+        return int(self._pipeline.get_base_time())
 
     @property
     def running(self) -> bool:
@@ -335,9 +433,61 @@ class VideoPipeline:
                     stamps[running] = now
                     while len(stamps) > _MAX_PENDING_STAMPS:
                         del stamps[next(iter(stamps))]
+                if self._flash and buffer is not None:
+                    self._flash_frame(_pad, buffer, running)
         except Exception:
             log.exception("capture-time probe failed")
         return Gst.PadProbeReturn.OK
+
+    def _flash_frame(self, pad: Gst.Pad, buffer: Gst.Buffer, running: int) -> None:
+        """Source streaming thread: the white band, drawn into a flash frame on its way out."""
+        try:
+            caps = pad.get_current_caps()
+            if caps is None:
+                return
+            if self._flash_caps is None or not caps.is_equal(self._flash_caps):
+                # On the first frame of new caps, so that the first flash is not the one delayed;
+                # the caps are kept even if this fails, so a failure costs once, not every frame.
+                self._flash_caps, self._flash_planes = caps, []
+                self._flash_planes = _flash_planes(caps)
+            duration = buffer.duration if buffer.duration != Gst.CLOCK_TIME_NONE else self._frame_ns
+            if not self._flash_planes or not self._flash_due(running, duration):
+                return
+            meta = GstVideo.buffer_get_video_meta(buffer)
+            if meta is not None:
+                offsets, strides = meta.offset, meta.stride
+            else:
+                info = GstVideo.VideoInfo.new_from_caps(caps)
+                offsets, strides = info.offset, info.stride
+            if buffer.n_memory() != 1:
+                raise RuntimeError(f"a frame in {buffer.n_memory()} memories")  # videotestsrc makes one
+            # The memory, not the buffer: the buffer is not writable here (the pad and Python hold
+            # references), but its one memory belongs to this frame alone, which nothing
+            # downstream has seen yet, so writing it is safe.
+            memory = buffer.peek_memory(0)
+            ok, mapped = memory.map(Gst.MapFlags.READ | Gst.MapFlags.WRITE)
+            if not ok:
+                raise RuntimeError("the frame's memory cannot be mapped for writing")
+            try:
+                data = mapped.data
+                for plane in self._flash_planes:
+                    offset, stride = offsets[plane.index], strides[plane.index]
+                    start, end = offset + plane.first_row * stride, offset + plane.end_row * stride
+                    if end > len(data):
+                        raise RuntimeError(f"plane {plane.index} ends past the frame")
+                    if stride == len(plane.row):
+                        data[start:end] = plane.band
+                    else:  # padded rows (a video meta's own strides): row by row
+                        width = min(stride, len(plane.row))
+                        for row in range(start, end, stride):
+                            data[row:row + width] = plane.row[:width]
+            finally:
+                memory.unmap(mapped)
+        except Exception:
+            # A flash lost is a test signal lost, not a reason to stop the picture.
+            self._flash_errors += 1
+            if self._flash_errors <= 3:
+                log.exception("drawing the test pattern's flash failed")
 
     @staticmethod
     def _running_time(segment: Gst.Event | Gst.Segment | None, buffer: Gst.Buffer | None) -> int | None:

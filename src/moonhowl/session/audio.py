@@ -51,7 +51,7 @@ class SessionAudio:
             return {}
         return dict(self.sink.env)
 
-    def start(self, config: StreamConfig, rikey: bytes, rikeyid: int) -> None:
+    def start(self, config: StreamConfig, rikey: bytes, rikeyid: int, base_time_ns: int | None = None) -> None:
         """At PLAY: capture -> Opus -> packetizer, with the layout and encryption the client asked for."""
         from moonhowl.media.audio import TEST_TONE, AudioPipeline
 
@@ -63,7 +63,8 @@ class SessionAudio:
         try:
             self.pipeline = AudioPipeline(
                 source, layout.channels, layout, layout.bitrate, config.audio_packet_duration_ms, self._on_packet,
-                server=self.sink.pulse_server if self.sink else None, on_error=self._on_error)
+                server=self.sink.pulse_server if self.sink else None, on_error=self._on_error,
+                base_time_ns=base_time_ns)
             self.pipeline.start()
         except Exception as exc:
             self.pipeline = None

@@ -155,12 +155,15 @@ class Session:
             self.cipher = control.ControlCipher(self.launch.rikey, is_host=True,
                                                 v2=bool(self.config.encryption_flags & SS_ENC_CONTROL_V2))
         elif request.method == "PLAY" and self.pipeline is None:
-            self._start_streaming()
+            # Running time 0 of both pipelines: the test pattern's flash and its beep share it,
+            # so picture and sound stay in step (docs/audio.md).
+            start_ns = time.monotonic_ns()
+            self._start_streaming(start_ns)
             if self.audio is not None and self.config is not None:
-                self.audio.start(self.config, self.launch.rikey, self.launch.rikeyid)
+                self.audio.start(self.config, self.launch.rikey, self.launch.rikeyid, base_time_ns=start_ns)
 
     # --- streaming ----------------------------------------------------------------------------------
-    def _start_streaming(self) -> None:
+    def _start_streaming(self, base_time_ns: int | None = None) -> None:
         from moonhowl.session.video import SessionVideo
 
         config = self.config
@@ -180,7 +183,8 @@ class Session:
         self.pipeline = SessionVideo(width, height, fps, spec, config.bitrate_kbps, on_frame=self._on_frame,
                                      on_failed=self._on_pipeline_error, desktop=self.desktop,
                                      name=f"session-{self.id}",
-                                     paths=list(self.manager.host.config.get("stream", "video_paths")))
+                                     paths=list(self.manager.host.config.get("stream", "video_paths")),
+                                     base_time_ns=base_time_ns)
         self.pipeline.start()
         self._info("streaming %s with %s at %dx%d@%d, %d kbit/s, FEC %d%%", config.codec, spec.name,
                    width, height, fps, config.bitrate_kbps, fec)

@@ -199,12 +199,14 @@ def _has_element(name: str) -> bool:
 class SessionVideo:
     def __init__(self, width: int, height: int, fps: int, spec: EncoderSpec, bitrate_kbps: int,
                  on_frame: Callable[[EncodedFrame], None], on_failed: Callable[[str], None],
-                 desktop: Desktop | None, name: str, paths: Sequence[str] | None = None) -> None:
+                 desktop: Desktop | None, name: str, paths: Sequence[str] | None = None,
+                 base_time_ns: int | None = None) -> None:
         init()
         self.width, self.height, self.fps = width, height, fps
         self.spec = spec
         self.bitrate_kbps = bitrate_kbps
         self.name = name
+        self._base_time_ns = base_time_ns  # the test pattern's, shared with the session's audio
         self._on_frame = on_frame
         self._on_failed = on_failed
         self._desktop = desktop
@@ -413,7 +415,7 @@ class SessionVideo:
         producer: DesktopProducer | None = None
         if entry == TEST_PATTERN:
             pipeline = VideoPipeline(self.width, self.height, self.fps, self.spec, self.bitrate_kbps,
-                                     on_frame, on_error)
+                                     on_frame, on_error, base_time_ns=self._base_time_ns)
         else:
             assert self._desktop is not None
             kind = _kind(entry)
