@@ -1,9 +1,10 @@
-"""Per-session server CPU and host processing latency, against the bare encoder pipeline.
+"""Per-session server CPU and host processing latency, against the bare encoder pipelines.
 
 For each working codec and each mode, a moonhowl server (its own process) streams "Test pattern"
 to moonhowl's client (this process, not decoding, to leave the CPU to the server), and in the
-same run `gst-launch-1.0` runs the bare `videotestsrc ! <encoder>` pipeline with the same
-settings. CPU is read from /proc over the measurement window. Host latency is capture ->
+same run `gst-launch-1.0` runs the bare encoders the session runs: `videotestsrc ! <encoder>`
+with the same settings, and the test tone's `audiotestsrc ! opusenc` (5 ms CBR stereo, as
+every Moonlight session streams audio). CPU is read from /proc over the measurement window. Host latency is capture ->
 packetized (what the frame header carries); encoder latency is capture -> encoder output.
 
 Run inside the runtime: ./moonhowl exec python bench/stream.py [--seconds 8] [--modes 1280x720x60,...]
@@ -54,6 +55,12 @@ async def api(sock: Path, method: str, path: str, body: object = None) -> object
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s, \
             s.request(method, f"http://moonhowl{path}", json=body) as reply:
         return await reply.json()
+
+
+# The session's audio encoder (media/audio.py), with nothing after it.
+BARE_AUDIO = ("audiotestsrc is-live=true wave=sine freq=440 ! audio/x-raw,rate=48000,channels=2 ! "
+              "opusenc frame-size=5 bitrate-type=cbr audio-type=restricted-lowdelay bandwidth=fullband "
+              "bitrate=96000 ! fakesink")
 
 
 async def measure_bare(description: str, seconds: float) -> float:
@@ -113,8 +120,8 @@ async def main() -> None:
                 info = (await api(sock, "GET", "/v1/status"))["sessions"][0]  # type: ignore[index]
                 await session.stop(cancel_app=True)
                 spec = next(s for s in ENCODERS if s.codec == codec and s.name == info["encoder"])
-                bare = await measure_bare(bare_encoder_description(width, height, fps, spec, info["bitrate_kbps"]),
-                                          args.seconds)
+                video = bare_encoder_description(width, height, fps, spec, info["bitrate_kbps"])
+                bare = await measure_bare(f"{video} {BARE_AUDIO}", args.seconds)
                 rows.append((codec, info["encoder"], f"{width}x{height}@{fps}", fps_out, cpu, bare,
                              info["host_latency_ms_p50"], info["host_latency_ms_p99"],
                              info["encoder_latency_ms_p50"], info["encoder_latency_ms_p99"]))

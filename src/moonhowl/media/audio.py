@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from moonhowl.media.glib import GLib, Gst, GstApp, get_loop_thread, init
+from moonhowl.media.glib import GLib, Gst, GstApp, bus_problem, get_loop_thread, init
 from moonhowl.protocol.sdp import OpusLayout
 
 log = logging.getLogger(__name__)
@@ -473,16 +473,9 @@ class AudioPipeline:
 
     def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
         """GLib loop thread."""
-        if message.type == Gst.MessageType.ERROR:
-            error, debug = message.parse_error()
-            origin = message.src.get_name() if message.src is not None else "?"
-            self._report_error(f"{origin}: {error.message}", debug)
-        elif message.type == Gst.MessageType.WARNING:
-            warning, debug = message.parse_warning()
-            log.warning("audio pipeline warning from %s: %s (%s)",
-                        message.src.get_name() if message.src is not None else "?", warning.message, debug)
-        elif message.type == Gst.MessageType.EOS:
-            self._report_error("the audio source ended", None)
+        problem = bus_problem(message, "audio pipeline")
+        if problem is not None:
+            self._report_error(*problem)
 
     def _report_error(self, text: str, debug: str | None) -> None:
         with self._lock:

@@ -132,3 +132,19 @@ def get_loop_thread() -> MainLoopThread:
             _loop_thread = MainLoopThread()
             _loop_thread.start()
         return _loop_thread
+
+
+def bus_problem(message: Gst.Message, what: str) -> tuple[str, str | None] | None:
+    """A pipeline's bus message as (problem, debug) when it ends the stream (ERROR, EOS);
+    warnings are logged here and give None. `what` names the pipeline in the log."""
+    origin = message.src.get_name() if message.src is not None else "?"
+    if message.type == Gst.MessageType.ERROR:
+        error, debug = message.parse_error()
+        return f"{origin}: {error.message}", debug
+    if message.type == Gst.MessageType.WARNING:
+        warning, debug = message.parse_warning()
+        log.warning("%s warning from %s: %s (%s)", what, origin, warning.message, debug)
+    elif message.type == Gst.MessageType.EOS:
+        # Live sources never end by themselves: the stream is over as far as the client goes.
+        return f"the {what} source ended", None
+    return None

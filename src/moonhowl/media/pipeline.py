@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from moonhowl.media.audio import beep_active
 from moonhowl.media.encoders import EncoderSpec
-from moonhowl.media.glib import GLib, Gst, GstApp, GstVideo, get_loop_thread, init
+from moonhowl.media.glib import GLib, Gst, GstApp, GstVideo, bus_problem, get_loop_thread, init
 
 log = logging.getLogger(__name__)
 
@@ -555,17 +555,9 @@ class VideoPipeline:
 
     def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
         """GLib loop thread."""
-        if message.type == Gst.MessageType.ERROR:
-            error, debug = message.parse_error()
-            origin = message.src.get_name() if message.src is not None else "?"
-            self._report_error(f"{origin}: {error.message}", debug)
-        elif message.type == Gst.MessageType.WARNING:
-            warning, debug = message.parse_warning()
-            log.warning("video pipeline warning from %s: %s (%s)",
-                        message.src.get_name() if message.src is not None else "?", warning.message, debug)
-        elif message.type == Gst.MessageType.EOS:
-            # A live source never ends by itself: the stream is over as far as the client goes.
-            self._report_error("the video source ended", None)
+        problem = bus_problem(message, "video pipeline")
+        if problem is not None:
+            self._report_error(*problem)
 
     def _report_error(self, text: str, debug: str | None) -> None:
         with self._lock:
