@@ -53,6 +53,7 @@ def add_parser(sub: Any) -> None:
     stream.add_argument("--no-decode", action="store_true",
                         help="only count frames (no GStreamer decoder; works outside the runtime)")
     stream.add_argument("--keep-app", action="store_true", help="leave the app running afterwards")
+    stream.add_argument("--wav", type=Path, metavar="FILE", help="write the decoded audio to a WAV file")
 
 
 def parse_mode(text: str) -> tuple[int, int, int]:
@@ -153,6 +154,12 @@ async def _stream(client: GameStreamClient, args: argparse.Namespace) -> int:
         await session.stop(cancel_app=not args.keep_app)
     stats = session.stats()
     print(final_table(stats))
+    if args.wav is not None:
+        if session.audio is None:
+            print("moonhowl client: no decoded audio to write (--no-decode?)", file=sys.stderr)
+        else:
+            session.audio.write_wav(args.wav)
+            print(f"audio written to {args.wav}")
     return 0 if stats.frames > 0 and stats.error is None else 1
 
 
@@ -184,7 +191,8 @@ def final_table(st: StreamStats) -> str:
         ("bitrate", f"{st.bitrate_kbps:.0f} kbps ({st.video_packets} packets, "
                     f"{st.dropped_on_purpose} dropped on purpose)"),
         ("decoded", f"{st.decoded_frames} frames, {st.decode_errors} errors"),
-        ("audio packets", str(st.audio_packets)),
+        ("audio", f"{st.audio_packets} packets, {st.audio_repaired} repaired, {st.audio_lost} lost, "
+                  f"{st.audio_decoded_ms / 1000:.1f} s decoded"),
         ("ended", ending),
     ]
     width = max(len(name) for name, _ in rows)
