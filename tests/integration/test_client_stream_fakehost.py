@@ -369,7 +369,7 @@ async def test_cli_stream_prints_progress_and_a_table(fake_host: Any, identity: 
     assert rc == 0, out
     assert "streaming 'Test pattern' (ID 2)" in out
     assert sum(1 for line in out.splitlines() if " s  frames " in line) >= 1
-    assert "FEC repairs" in out and "host latency   p50 3.5 ms, p99 3.5 ms" in out
+    assert "FEC repairs" in out and "host latency  p50 3.5 ms, p99 3.5 ms" in out
     assert dict(next(q for p, q in host.requests if p == "/launch"))["appid"] == "2"
     assert [p for p, _ in host.requests][-1] == "/cancel"  # the CLI quits the app unless --keep-app
 

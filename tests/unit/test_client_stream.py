@@ -307,5 +307,5 @@ async def test_cli_mode_parsing_and_report() -> None:
     line = client_cli.progress_line(1.0, st)
     assert "frames      1" in line and "latency 4.0 ms" in line
     table = client_cli.final_table(st)
-    assert "host latency   p50 4.0 ms, p99 4.0 ms" in table and "IDR requests" in table
+    assert "host latency  p50 4.0 ms, p99 4.0 ms" in table and "IDR requests" in table
     assert table.splitlines()[-1].endswith("stopped by us")
