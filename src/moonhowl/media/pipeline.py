@@ -68,11 +68,6 @@ __all__ = [
 # next to an encoder. is-live makes it produce at the clock's pace, as a compositor does.
 SOURCES: dict[str, str] = {
     "test-pattern": "videotestsrc name=src is-live=true pattern=smpte horizontal-speed=4",
-    # Frames pushed by the session's compositor (push_frame), BGRx in system memory. do-timestamp
-    # stamps them with the running time at push; leaky-type drops the oldest if the encoder is
-    # behind, like the queue after it, so a slow encoder never builds latency.
-    "frames": "appsrc name=src is-live=true format=time do-timestamp=true block=false max-buffers=2 "
-              "leaky-type=downstream caps=video/x-raw,format=BGRx",
 }
 
 # A slow encoder must drop frames, not build latency: two raw frames at most wait for it.
@@ -350,13 +345,6 @@ class VideoPipeline:
         return self._started and not self._stopped
 
     # --- control ---------------------------------------------------------------------------------
-
-    def push_frame(self, data: bytes) -> bool:
-        """Hands one BGRx frame (width*height*4 bytes) to a "frames" source; any thread."""
-        src = self._pipeline.get_by_name("src")
-        if self._stopped or not isinstance(src, GstApp.AppSrc):
-            return False
-        return bool(src.push_buffer(Gst.Buffer.new_wrapped(data)) == Gst.FlowReturn.OK)
 
     def request_keyframe(self) -> bool:
         """Asks the encoder to make its next frame an IDR/key frame, with parameter sets.
