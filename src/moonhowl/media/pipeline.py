@@ -510,8 +510,13 @@ class VideoPipeline:
             data = buffer.extract_dup(0, buffer.get_size())
             is_keyframe = not buffer.has_flags(Gst.BufferFlags.DELTA_UNIT)
             running = self._running_time(sample.get_segment(), buffer)
-            pts = running if running is not None else 0
             with self._lock:
+                if running is None and self._capture_stamps:
+                    # The encoder's timestamp does not map into its segment (seen once in a while
+                    # with x265enc's first frame under load). No B-frames: frames leave in the order
+                    # they came, so the oldest waiting stamp is this frame's.
+                    running = next(iter(self._capture_stamps))
+                pts = running if running is not None else 0
                 capture_ns = self._take_capture_time(pts)
                 if capture_ns is None:
                     # An encoder that rewrites timestamps: report zero encode latency rather
