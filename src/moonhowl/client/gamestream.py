@@ -13,6 +13,7 @@ import ssl
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -276,26 +277,17 @@ class GameStreamClient:
     async def _pair_step(self, query: Mapping[str, str], *, https: bool = False) -> dict[str, str]:
         return (await self.request("/pair", query, https=https)).fields
 
-    async def launch(
-        self, app_id: int, width: int, height: int, fps: int, *, rikey: bytes, rikeyid: int,
-        surround_info: int = STEREO_SURROUND_INFO, local_audio: bool = False, gamepad_mask: int = 0,
-        hdr: bool = False, corever: int | None = 1,
-    ) -> str:
-        """Start ``app_id``; returns the RTSP session URL (``sessionUrl0``) for the stream handshake."""
-        params = launch_params(app_id, width, height, fps, rikey=rikey, rikeyid=rikeyid,
-                               surround_info=surround_info, local_audio=local_audio,
-                               gamepad_mask=gamepad_mask, hdr=hdr, corever=corever)
+    async def launch(self, app_id: int, width: int, height: int, fps: int, *, rikey: bytes, rikeyid: int,
+                     **options: Any) -> str:
+        """Start ``app_id``; returns the RTSP session URL (``sessionUrl0``) for the stream handshake.
+        ``options``: launch_params()'s (surround_info, local_audio, gamepad_mask, hdr, corever)."""
+        params = launch_params(app_id, width, height, fps, rikey=rikey, rikeyid=rikeyid, **options)
         return await self._start_app("/launch", "gamesession", params, LAUNCH_TIMEOUT_S)
 
-    async def resume(
-        self, app_id: int, width: int, height: int, fps: int, *, rikey: bytes, rikeyid: int,
-        surround_info: int = STEREO_SURROUND_INFO, local_audio: bool = False, gamepad_mask: int = 0,
-        hdr: bool = False, corever: int | None = 1,
-    ) -> str:
+    async def resume(self, app_id: int, width: int, height: int, fps: int, *, rikey: bytes, rikeyid: int,
+                     **options: Any) -> str:
         """Reattach to the running app with new keys (moonlight-qt sends the launch query to /resume)."""
-        params = launch_params(app_id, width, height, fps, rikey=rikey, rikeyid=rikeyid,
-                               surround_info=surround_info, local_audio=local_audio,
-                               gamepad_mask=gamepad_mask, hdr=hdr, corever=corever)
+        params = launch_params(app_id, width, height, fps, rikey=rikey, rikeyid=rikeyid, **options)
         return await self._start_app("/resume", "resume", params, RESUME_TIMEOUT_S)
 
     async def cancel(self) -> None:

@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from moonhowl.media.glib import GLib, Gst, GstApp, bus_problem, get_loop_thread, init
+from moonhowl.media.glib import GLib, Gst, GstApp, ReportsErrorOnce, get_loop_thread, init
 from moonhowl.protocol.sdp import OpusLayout
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _percentile(ordered: Sequence[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-class AudioPipeline:
+class AudioPipeline(ReportsErrorOnce):
     """Captures one session's sink monitor (or the test tone) and hands out Opus frames.
 
     ``on_packet(opus_frame, capture_ns)``: ``capture_ns`` is the monotonic time (time.monotonic_ns)
@@ -257,6 +257,7 @@ class AudioPipeline:
         self.packet_duration_ms = packet_duration_ms
         self._on_packet = on_packet
         self._on_error = on_error
+        self._error_label = f"audio pipeline {monitor_source}"
         self._base_time_ns = base_time_ns
         self._frame_ns = packet_duration_ms * 1_000_000
         self.description = f"{self._source(server)} ! {self._encoder()} ! {_APPSINK}"
@@ -470,21 +471,3 @@ class AudioPipeline:
             return Gst.FlowReturn.ERROR
         finally:
             self._in_callback.active = False
-
-    def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
-        """GLib loop thread."""
-        problem = bus_problem(message, "audio pipeline")
-        if problem is not None:
-            self._report_error(*problem)
-
-    def _report_error(self, text: str, debug: str | None) -> None:
-        with self._lock:
-            if self._error_reported or self._stopped:
-                return
-            self._error_reported = True
-        log.error("audio pipeline %s error: %s (%s)", self.monitor_source, text, debug)
-        if self._on_error is not None:
-            try:
-                self._on_error(text)
-            except Exception:
-                log.exception("on_error failed")

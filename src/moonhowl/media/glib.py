@@ -148,3 +148,33 @@ def bus_problem(message: Gst.Message, what: str) -> tuple[str, str | None] | Non
         # Live sources never end by themselves: the stream is over as far as the client goes.
         return f"the {what} source ended", None
     return None
+
+
+class ReportsErrorOnce:
+    """For pipeline owners: the first fatal bus problem goes to `_on_error` once, later ones and
+    those after stop() are dropped. Subclasses set _lock, _stopped, _error_reported, _on_error and
+    _error_label (how the log names the pipeline)."""
+
+    _lock: threading.Lock
+    _stopped: bool
+    _error_reported: bool
+    _on_error: Callable[[str], None] | None
+    _error_label: str
+
+    def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
+        """GLib loop thread."""
+        problem = bus_problem(message, self._error_label)
+        if problem is not None:
+            self._report_error(*problem)
+
+    def _report_error(self, text: str, debug: str | None) -> None:
+        with self._lock:
+            if self._error_reported or self._stopped:
+                return
+            self._error_reported = True
+        log.error("%s error: %s (%s)", self._error_label, text, debug)
+        if self._on_error is not None:
+            try:
+                self._on_error(text)
+            except Exception:
+                log.exception("on_error failed")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from moonhowl.media.audio import beep_active
 from moonhowl.media.encoders import EncoderSpec
-from moonhowl.media.glib import GLib, Gst, GstApp, GstVideo, bus_problem, get_loop_thread, init
+from moonhowl.media.glib import GLib, Gst, GstApp, GstVideo, ReportsErrorOnce, get_loop_thread, init
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _flash_planes(caps: Gst.Caps) -> list[_FlashPlane]:
     return planes
 
 
-class VideoPipeline:
+class VideoPipeline(ReportsErrorOnce):
     """source ! leaky queue ! encoder ! appsink; see the module docstring.
 
     `source` names an entry of SOURCES. Alternatively `source_element` is a gst-launch fragment of
@@ -210,6 +210,7 @@ class VideoPipeline:
         self.bitrate_kbps = bitrate_kbps
         self._on_frame = on_frame
         self._on_error = on_error
+        self._error_label = "video pipeline"
         head = source_element if source_element is not None else source_description(source, width, height, fps)
         body = chain if chain is not None else spec.fragment(bitrate_kbps)
         self.description = f"{head} ! {_LEAKY_QUEUE} ! {body} ! {_APPSINK}"
@@ -545,20 +546,3 @@ class VideoPipeline:
             return Gst.FlowReturn.ERROR
         finally:
             self._in_callback.active = False
-
-    def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
-        """GLib loop thread."""
-        problem = bus_problem(message, "video pipeline")
-        if problem is not None:
-            self._report_error(*problem)
-
-    def _report_error(self, text: str, debug: str | None) -> None:
-        with self._lock:
-            if self._error_reported or self._stopped:
-                return
-            self._error_reported = True
-        log.error("video pipeline error: %s (%s)", text, debug)
-        try:
-            self._on_error(text)
-        except Exception:
-            log.exception("on_error failed")
