@@ -244,6 +244,7 @@ class VideoPipeline(ReportsErrorOnce):
         # negative DTS) and move the segment to match, so only running time survives the encoder.
         self._capture_stamps: dict[int, int] = {}
         self._frame_index = 0
+        self._last_pts = 0
         self._keyframes = 0
         self._no_stamp = 0
         self._callback_errors = 0
@@ -513,11 +514,14 @@ class VideoPipeline(ReportsErrorOnce):
             running = self._running_time(sample.get_segment(), buffer)
             with self._lock:
                 if running is None and self._capture_stamps:
-                    # The encoder's timestamp does not map into its segment (seen once in a while
-                    # with x265enc's first frame under load). No B-frames: frames leave in the order
-                    # they came, so the oldest waiting stamp is this frame's.
+                    # The encoder's timestamp does not map into its segment. No B-frames: frames
+                    # leave in the order they came, so the oldest waiting stamp is this frame's.
                     running = next(iter(self._capture_stamps))
-                pts = running if running is not None else 0
+                if running is None:
+                    # A frame with no source frame behind it (seen rarely from x265enc under load
+                    # after a keyframe request): keep timestamps increasing, one frame on.
+                    running = self._last_pts + 1_000_000_000 // self.fps
+                pts = self._last_pts = running
                 capture_ns = self._take_capture_time(pts)
                 if capture_ns is None:
                     # An encoder that rewrites timestamps: report zero encode latency rather
